@@ -1,0 +1,1 @@
+"""assemble stage of gears_h_core."""

@@ -1,0 +1,1 @@
+"""basis stage of gears_h_core."""

@@ -1,0 +1,1 @@
+"""graph stage of gears_h_core."""

@@ -1,0 +1,1 @@
+"""gearsh-serve: HTTP + gRPC inference microservice."""

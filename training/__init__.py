@@ -1,0 +1,1 @@
+"""gears_h training toolkit: datasets, analysis, training, export, evaluation, CLI."""
