@@ -109,9 +109,7 @@ class Structure:
     def to_ase(self) -> Atoms:
         from ase import Atoms
 
-        return Atoms(
-            numbers=self.numbers, positions=self.positions, cell=self.cell, pbc=self.pbc
-        )
+        return Atoms(numbers=self.numbers, positions=self.positions, cell=self.cell, pbc=self.pbc)
 
     def transformed(self, rotation: np.ndarray, translation: np.ndarray | None = None) -> Structure:
         """The structure rotated by ``rotation`` (3×3, acting on column vectors) and translated.
@@ -152,7 +150,11 @@ def validate_structure(structure: Structure, *, min_distance: float = MIN_DISTAN
     if np.any(pbc):
         periodic = cell[pbc]
         lengths = np.linalg.norm(periodic, axis=1)
-        if np.any(lengths < 1e-6) or np.linalg.matrix_rank(periodic, tol=1e-6 * max(1.0, lengths.max())) < periodic.shape[0]:
+        if (
+            np.any(lengths < 1e-6)
+            or np.linalg.matrix_rank(periodic, tol=1e-6 * max(1.0, lengths.max()))
+            < periodic.shape[0]
+        ):
             axes = "".join("xyz"[k] for k in np.flatnonzero(pbc))
             raise StructureError(f"cell: singular along periodic axes ({axes})")
         if pbc.sum() < 3 and np.linalg.matrix_rank(cell, tol=1e-6) < 3:

@@ -63,7 +63,7 @@ class OrbitalBasis:
         except (OSError, json.JSONDecodeError) as exc:
             raise BasisError(f"{path}: cannot read orbital shells: {exc}") from exc
         if not isinstance(data, dict):
-            raise BasisError(f"{path}: expected a JSON object {{\"Z\": [l, ...]}}")
+            raise BasisError(f'{path}: expected a JSON object {{"Z": [l, ...]}}')
         try:
             return cls.from_json_dict(data)
         except BasisError as exc:
