@@ -1,0 +1,55 @@
+"""Model hyper-parameters: one frozen dataclass, validated by the training config (pydantic).
+
+Kept in the core (not in `training`) because the model bundle stores it and the predictor
+rebuilds the network from it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+
+def _doc(text: str) -> dict[str, str]:
+    return {"description": text}
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of the equivariant Hamiltonian network (all lengths in Å)."""
+
+    edge_cutoff: float = field(
+        default=5.0, metadata=_doc("interaction (message-passing) cutoff radius, Å")
+    )
+    n_interactions: int = field(default=2, metadata=_doc("number of interaction layers (>= 1)"))
+    node_irreps: str = field(
+        default="32x0e+16x1o+16x1e+8x2e+8x2o+4x3o+4x3e+4x4e",
+        metadata=_doc("hidden node features (e3nn irreps; only even scalars 0e)"),
+    )
+    pair_irreps: str = field(
+        default="32x0e+16x1o+16x1e+8x2e+8x2o+4x3o+4x3e+4x4e",
+        metadata=_doc("hidden hopping-pair features (e3nn irreps)"),
+    )
+    sh_lmax: int = field(default=4, metadata=_doc("max l of edge/pair spherical harmonics"))
+    n_radial: int = field(default=8, metadata=_doc("number of Bessel radial basis functions"))
+    radial_hidden: int = field(default=32, metadata=_doc("width of radial MLPs"))
+    species_embedding: int = field(default=32, metadata=_doc("width of the species embedding"))
+    avg_num_neighbors: float = field(
+        default=20.0,
+        metadata=_doc("constant message normaliser (set from `analyze`; never batch-dependent)"),
+    )
+    overlap_channels: int = field(
+        default=8, metadata=_doc("radial channels per harmonic in the two-centre overlap readout")
+    )
+    predict_overlap: bool = field(default=True, metadata=_doc("also predict S"))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"model config: unknown field(s) {unknown}")
+        return cls(**data)

@@ -1,0 +1,121 @@
+"""Readouts: node features -> on-site irreps, pair features -> hopping irreps, geometry -> S.
+
+All readouts end in a linear map whose weights are indexed by species (on-site) or by ordered
+species pair (hopping), into the universal layouts of `gears_h_core.model.layout`.
+"""
+
+from __future__ import annotations
+
+import e3nn_jax as e3nn
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from gears_h_core.model.interaction import gated
+
+
+class OnsiteReadout(nn.Module):
+    """On-site H: one gated layer then a species-indexed linear map."""
+
+    hidden: e3nn.Irreps
+    out_irreps: e3nn.Irreps
+    n_species: int
+
+    @nn.compact
+    def __call__(self, h: e3nn.IrrepsArray, species: jax.Array) -> e3nn.IrrepsArray:
+        x = e3nn.gate(e3nn.flax.Linear(gated(self.hidden), force_irreps_out=True)(h))
+        return e3nn.flax.Linear(
+            self.out_irreps, num_indexed_weights=self.n_species, force_irreps_out=True
+        )(species, x)
+
+
+class HoppingReadout(nn.Module):
+    """Hopping H of a directed pair (i, j, T) from h_i, h_j and the pair vector.
+
+    Features: projections of h_i and h_j, their element-wise tensor product (three-centre
+    environment), h_i ⊗ Y(r̂) and the bare Y(r̂) (two-centre part), all weighted per irrep by
+    a radial MLP of |r| (with the species pair's own cutoff) and the species-pair embedding;
+    then a gated layer and a species-pair-indexed linear map, times the cutoff envelope.
+    """
+
+    hidden: e3nn.Irreps
+    out_irreps: e3nn.Irreps
+    n_species_pairs: int
+    radial_hidden: int
+
+    @nn.compact
+    def __call__(
+        self,
+        h: e3nn.IrrepsArray,  # [n_nodes, node irreps]
+        pair_i: jax.Array,  # [n_pairs]
+        pair_j: jax.Array,  # [n_pairs]
+        pair_kind: jax.Array,  # [n_pairs] ordered species-pair index
+        pair_sh: e3nn.IrrepsArray,  # [n_pairs, sh]
+        pair_radial: jax.Array,  # [n_pairs, n_radial], zero beyond cutoff and on padding
+        pair_envelope: jax.Array,  # [n_pairs]
+    ) -> e3nn.IrrepsArray:
+        h_i = e3nn.flax.Linear(self.hidden, force_irreps_out=True, name="proj_i")(h)[pair_i]
+        h_j = e3nn.flax.Linear(self.hidden, force_irreps_out=True, name="proj_j")(h)[pair_j]
+        a = e3nn.flax.Linear(self.hidden, force_irreps_out=True, name="bilinear_i")(h_i)
+        b = e3nn.flax.Linear(self.hidden, force_irreps_out=True, name="bilinear_j")(h_j)
+        features = e3nn.concatenate(
+            [
+                h_i,
+                h_j,
+                e3nn.elementwise_tensor_product(a, b, filter_ir_out=self.hidden),
+                e3nn.tensor_product(h_i + h_j, pair_sh, filter_ir_out=self.hidden),
+                pair_sh,
+            ]
+        ).regroup()
+        kind_embedding = nn.Embed(self.n_species_pairs, 16, name="pair_embedding")(pair_kind)
+        weights = e3nn.flax.MultiLayerPerceptron(
+            (self.radial_hidden, self.radial_hidden, features.irreps.num_irreps),
+            act=jax.nn.silu,
+            output_activation=False,
+        )(jnp.concatenate([pair_radial, kind_embedding * pair_envelope[:, None]], axis=-1))
+        x = features * weights
+        x = e3nn.gate(e3nn.flax.Linear(gated(self.hidden), force_irreps_out=True, name="mix")(x))
+        out = e3nn.flax.Linear(
+            self.out_irreps,
+            num_indexed_weights=self.n_species_pairs,
+            force_irreps_out=True,
+            name="out",
+        )(pair_kind, x)
+        return out * pair_envelope[:, None]
+
+
+class OverlapReadout(nn.Module):
+    """Two-centre overlap S_ij(r): Σ_L f_L,kind(|r|) Y_L(r̂), exact form of a two-centre integral.
+
+    Depends on the pair geometry and species only (no message passing).
+    """
+
+    out_irreps: e3nn.Irreps
+    n_species_pairs: int
+    channels: int
+    radial_hidden: int
+
+    @nn.compact
+    def __call__(
+        self,
+        pair_kind: jax.Array,
+        pair_sh: e3nn.IrrepsArray,
+        pair_radial: jax.Array,
+        pair_envelope: jax.Array,
+    ) -> e3nn.IrrepsArray:
+        kind_embedding = nn.Embed(self.n_species_pairs, 16, name="pair_embedding")(pair_kind)
+        radial = e3nn.flax.MultiLayerPerceptron(
+            (self.radial_hidden, self.radial_hidden, self.channels * pair_sh.irreps.num_irreps),
+            act=jax.nn.silu,
+            output_activation=False,
+        )(jnp.concatenate([pair_radial, kind_embedding * pair_envelope[:, None]], axis=-1))
+        # channels copies of every harmonic, each with its own radial function
+        tiled = e3nn.concatenate([pair_sh] * self.channels).regroup()
+        x = tiled * radial
+        out = e3nn.flax.Linear(
+            self.out_irreps,
+            num_indexed_weights=self.n_species_pairs,
+            force_irreps_out=True,
+            name="out",
+        )(pair_kind, x)
+        return out * pair_envelope[:, None]

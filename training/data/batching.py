@@ -1,0 +1,85 @@
+"""Padded training batches: `GraphBatch` plus targets and channel masks in the same shapes."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from flax import struct
+
+from gears_h_core.graph.padding import Bucket, GraphBatch, pad_graphs
+from gears_h_core.model.layout import OutputLayout
+from training.data.targets import TrainingExample
+
+
+@struct.dataclass
+class TargetBatch:
+    """Targets in the universal layouts, padded like the `GraphBatch` they belong to.
+
+    Attributes:
+        onsite_h, onsite_s: float32 ``[n_nodes, onsite_dim]``.
+        hopping_h, hopping_s: float32 ``[n_pairs, hopping_dim]``.
+        onsite_weight: float32 ``[n_nodes, onsite_dim]``: 1 on used channels of real atoms.
+        hopping_weight: float32 ``[n_pairs, hopping_dim]``: 1 on used channels of real pairs.
+        has_s: float32 ``[n_nodes]`` / ``[n_pairs]`` masks of structures that carry S.
+    """
+
+    onsite_h: Any
+    hopping_h: Any
+    onsite_s: Any
+    hopping_s: Any
+    onsite_weight: Any
+    hopping_weight: Any
+    node_has_s: Any
+    pair_has_s: Any
+
+
+def _stack(parts: list[np.ndarray], size: int, dim: int) -> np.ndarray:
+    out = np.zeros((size, dim), np.float32)
+    if parts:
+        real = np.concatenate(parts)
+        out[: real.shape[0]] = real
+    return out
+
+
+def make_batch(
+    examples: Sequence[TrainingExample], bucket: Bucket, layout: OutputLayout
+) -> tuple[GraphBatch, TargetBatch]:
+    """Pad ``examples`` into one batch (host numpy arrays)."""
+    graphs = [e.graph for e in examples]
+    batch, _ = pad_graphs(graphs, bucket)
+    d_on, d_hop = layout.onsite_irreps.dim, layout.hopping_irreps.dim
+    n_nodes, n_pairs = bucket.n_nodes, bucket.n_pairs
+
+    def zeros_like_h(e: TrainingExample, which: str) -> np.ndarray:
+        value = getattr(e, which)
+        return value if value is not None else np.zeros_like(getattr(e, which[:-1] + "h"))
+
+    table = np.zeros(119, np.int64)
+    for s, z in enumerate(layout.species):
+        table[z] = s
+    species = table[np.asarray(batch.numbers)]
+    kind = species[np.asarray(batch.pair_i)] * layout.n_species + species[np.asarray(batch.pair_j)]
+    onsite_weight = layout.onsite_mask[species] & np.asarray(batch.node_mask)[:, None]
+    hopping_weight = layout.hopping_mask[kind] & np.asarray(batch.pair_mask)[:, None]
+    node_has_s = np.zeros(n_nodes, np.float32)
+    pair_has_s = np.zeros(n_pairs, np.float32)
+    node_off = pair_off = 0
+    for e in examples:
+        if e.onsite_s is not None:
+            node_has_s[node_off : node_off + e.graph.n_atoms] = 1.0
+            pair_has_s[pair_off : pair_off + e.graph.n_pairs] = 1.0
+        node_off += e.graph.n_atoms
+        pair_off += e.graph.n_pairs
+    targets = TargetBatch(
+        onsite_h=_stack([e.onsite_h for e in examples], n_nodes, d_on),
+        hopping_h=_stack([e.hopping_h for e in examples], n_pairs, d_hop),
+        onsite_s=_stack([zeros_like_h(e, "onsite_s") for e in examples], n_nodes, d_on),
+        hopping_s=_stack([zeros_like_h(e, "hopping_s") for e in examples], n_pairs, d_hop),
+        onsite_weight=onsite_weight.astype(np.float32),
+        hopping_weight=hopping_weight.astype(np.float32),
+        node_has_s=node_has_s,
+        pair_has_s=pair_has_s,
+    )
+    return batch, targets
