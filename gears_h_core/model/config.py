@@ -18,6 +18,9 @@ def _doc(text: str) -> dict[str, str]:
 class ModelConfig:
     """Architecture of the equivariant Hamiltonian network (all lengths in Å)."""
 
+    # read by pydantic when the training config validates this dataclass: unknown keys fail
+    __pydantic_config__ = {"extra": "forbid"}  # noqa: RUF012
+
     edge_cutoff: float = field(
         default=5.0, metadata=_doc("interaction (message-passing) cutoff radius, Å")
     )

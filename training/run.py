@@ -1,0 +1,271 @@
+"""A training run, top to bottom: data -> analysis -> examples -> model -> loop -> checkpoints.
+
+The run directory holds ``config.yaml`` (resolved), ``analysis.json``, ``metrics.jsonl`` and
+``checkpoints/{latest,best}``. ``resume=True`` restores the latest checkpoint and continues
+with the same per-epoch shuffling (seeded by (seed, epoch)), so a resumed run reproduces the
+metrics of an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import yaml
+
+from gears_h_core.graph.padding import BucketLadder, pad_graphs
+from gears_h_core.model.hamiltonian import HamiltonianModel, ModelConstants
+from gears_h_core.model.layout import OutputLayout
+from gears_h_core.predict import decode_blocks
+from training.analysis import Analysis, analyze
+from training.checkpoints import RunCheckpoints
+from training.config import AdamWConfig, Config
+from training.data.batching import make_batch
+from training.data.snapshot import LabeledStructure, read_dataset
+from training.data.targets import TrainingExample, make_example
+from training.evaluate import ErrorAccumulator
+from training.loss import LossWeights
+from training.state import TrainState
+from training.steps import make_train_step
+
+Logger = Callable[[dict[str, Any]], None]
+
+
+class RunError(ValueError):
+    """A run that cannot start (no data, config mismatch on resume, ...)."""
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def load_structures(paths: Sequence[Path], limit: int | None) -> list[LabeledStructure]:
+    out: list[LabeledStructure] = []
+    for p in paths:
+        out.extend(read_dataset(p, limit=limit))
+    return out
+
+
+def make_optimizer(config: Config, total_steps: int) -> optax.GradientTransformation:
+    opt = config.optimizer
+    peak = opt.algorithm.learning_rate
+    warmup = min(opt.warmup_steps, max(total_steps - 1, 0))
+    if opt.schedule == "cosine":
+        schedule = optax.warmup_cosine_decay_schedule(
+            peak * 0.01,
+            peak,
+            max(warmup, 1),
+            max(total_steps, warmup + 1),
+            peak * opt.final_lr_fraction,
+        )
+    else:
+        schedule = optax.join_schedules(
+            [
+                optax.linear_schedule(peak * 0.01, peak, max(warmup, 1)),
+                optax.constant_schedule(peak),
+            ],
+            [max(warmup, 1)],
+        )
+    if isinstance(opt.algorithm, AdamWConfig):
+        base = optax.adamw(schedule, weight_decay=opt.algorithm.weight_decay)
+    else:
+        base = optax.adam(schedule)
+    return optax.chain(optax.clip_by_global_norm(opt.grad_clip), base)
+
+
+def make_ladder(examples: Sequence[TrainingExample], max_graphs: int) -> BucketLadder:
+    atoms = [e.graph.n_atoms for e in examples]
+    edges = max(e.graph.n_edges / e.graph.n_atoms for e in examples)
+    pairs = max(e.graph.n_pairs / e.graph.n_atoms for e in examples)
+    return BucketLadder(
+        min(atoms),
+        max(atoms) * max_graphs,
+        1.5,
+        edges_per_atom=math.ceil(edges * 1.05),
+        pairs_per_atom=math.ceil(pairs * 1.05),
+        max_graphs=max_graphs,
+    )
+
+
+@dataclass
+class RunSetup:
+    config: Config
+    analysis: Analysis
+    layout: OutputLayout
+    model: HamiltonianModel
+    constants: ModelConstants
+    ladder: BucketLadder
+    train: list[TrainingExample]
+    valid: list[tuple[TrainingExample, LabeledStructure]]
+    fingerprint: str
+
+
+def setup(config: Config) -> RunSetup:
+    train_structs = load_structures(config.data.train, config.data.n_train)
+    if not train_structs:
+        raise RunError(
+            f"data.train: no snapshot folders found in {[str(p) for p in config.data.train]}"
+        )
+    valid_structs = load_structures(config.data.valid, None)
+    analysis_path = config.run_dir / "analysis.json"
+    if analysis_path.is_file():
+        analysis = Analysis.from_json(json.loads(analysis_path.read_text()))
+    else:
+        analysis = analyze(train_structs, edge_cutoff=config.model.edge_cutoff)
+        _write_atomic(analysis_path, json.dumps(analysis.to_json()) + "\n")
+    unknown = sorted(
+        {z for s in valid_structs for z in s.hamiltonian.structure.species} - set(analysis.species)
+    )
+    if unknown:
+        raise RunError(f"data.valid: element(s) {unknown} do not occur in the training data")
+    model_cfg = replace(config.model, avg_num_neighbors=analysis.avg_num_neighbors)
+    config = config.model_copy(update={"model": model_cfg})
+    layout = OutputLayout.create(analysis.basis, analysis.species)
+    assert analysis.statistics is not None
+    constants = ModelConstants.create(layout, analysis.statistics)
+    model = HamiltonianModel(
+        model_cfg, layout.n_species, layout.onsite_irreps, layout.hopping_irreps
+    )
+
+    def example(s: LabeledStructure) -> TrainingExample:
+        return make_example(s, layout, model_cfg.edge_cutoff, analysis.pair_cutoff)
+
+    train = [example(s) for s in train_structs]
+    valid = [(example(s), s) for s in valid_structs]
+    ladder = make_ladder(train + [v[0] for v in valid], config.training.batch_size)
+    import hashlib
+
+    fp = hashlib.sha256("".join(sorted(s.fingerprint for s in train_structs)).encode()).hexdigest()
+    return RunSetup(config, analysis, layout, model, constants, ladder, train, valid, fp)
+
+
+def _shard(tree: Any) -> Any:
+    return jax.tree.map(lambda x: jnp.asarray(x)[None], tree)
+
+
+def init_state(run: RunSetup, tx: optax.GradientTransformation) -> TrainState:
+    bucket = run.ladder.select_for([run.train[0].graph])
+    batch, _ = make_batch(run.train[:1], bucket, run.layout)
+    key = jax.random.PRNGKey(run.config.training.seed)
+    params = jax.jit(run.model.init)(key, jax.tree.map(jnp.asarray, batch), run.constants)
+    return TrainState.create(params, tx)
+
+
+def validate(run: RunSetup, params: Any, apply: Callable[..., Any]) -> dict[str, float] | None:
+    if not run.valid:
+        return None
+    acc_h, acc_s = ErrorAccumulator(), ErrorAccumulator()
+    for ex, labeled in run.valid:
+        bucket = run.ladder.select_for([ex.graph])
+        batch, layout = pad_graphs([ex.graph], bucket)
+        out = jax.device_get(apply(params, jax.tree.map(jnp.asarray, batch), run.constants))
+        nodes, pairs = layout.node_slice(0), layout.pair_slice(0)
+        ref = labeled.hamiltonian
+        pred_h = decode_blocks(
+            run.layout, ex.graph, np.asarray(out.onsite_h)[nodes], np.asarray(out.hopping_h)[pairs]
+        )
+        acc_h.add(pred_h, ref.H, ex.graph.n_atoms)
+        if ref.S is not None and out.onsite_s is not None:
+            pred_s = decode_blocks(
+                run.layout,
+                ex.graph,
+                np.asarray(out.onsite_s)[nodes],
+                np.asarray(out.hopping_s)[pairs],
+            )
+            acc_s.add(pred_s, ref.S, ex.graph.n_atoms)
+    h = acc_h.summary(1000.0)
+    result = {
+        "val_mae_meV": h["mae"],
+        "val_onsite_mae_meV": h["onsite_mae"],
+        "val_hopping_mae_meV": h["hopping_mae"],
+    }
+    if acc_s.n_onsite + acc_s.n_hopping:
+        result["val_s_mae"] = acc_s.summary()["mae"]
+    return result
+
+
+def train(config: Config, *, resume: bool = False, log: Logger | None = None) -> dict[str, Any]:
+    """Run (or resume) training; returns the last epoch's metrics."""
+    config.run_dir.mkdir(parents=True, exist_ok=True)
+    cfg_path = config.run_dir / "config.yaml"
+    if resume and cfg_path.is_file():
+        saved = Config.model_validate(yaml.safe_load(cfg_path.read_text()))
+        if saved.model != config.model or saved.data != config.data:
+            raise RunError(f"{cfg_path}: --resume with a different model or data config")
+    run = setup(config)
+    _write_atomic(cfg_path, yaml.safe_dump(run.config.model_dump(mode="json"), sort_keys=False))
+    tcfg = run.config.training
+    steps_per_epoch = math.ceil(len(run.train) / tcfg.batch_size)
+    tx = make_optimizer(run.config, steps_per_epoch * tcfg.epochs)
+    weights = LossWeights(**run.config.loss.model_dump())
+    state = init_state(run, tx)
+    ckpt = RunCheckpoints(run.config.run_dir, tcfg.keep_checkpoints)
+    start_epoch = 1
+    metrics_path = run.config.run_dir / "metrics.jsonl"
+    if resume:
+        restored = ckpt.restore_latest(state)
+        if restored is not None:
+            state, last = restored
+            start_epoch = last + 1
+            # drop metrics of epochs after the restored checkpoint (they will be redone)
+            if metrics_path.is_file():
+                keep = [
+                    row
+                    for row in metrics_path.read_text().splitlines()
+                    if row and json.loads(row)["epoch"] <= last
+                ]
+                _write_atomic(metrics_path, "".join(k + "\n" for k in keep))
+    elif metrics_path.exists():
+        metrics_path.unlink()
+    step_fn = make_train_step(run.model, tx, weights, tcfg.ema_decay)
+    apply = jax.jit(run.model.apply)
+    t_start = time.monotonic()
+    last_metrics: dict[str, Any] = {}
+    for epoch in range(start_epoch, tcfg.epochs + 1):
+        t0 = time.monotonic()
+        rng = np.random.default_rng([tcfg.seed, epoch])
+        order = rng.permutation(len(run.train))
+        sums: dict[str, float] = {}
+        for b in range(steps_per_epoch):
+            chunk = [run.train[k] for k in order[b * tcfg.batch_size : (b + 1) * tcfg.batch_size]]
+            bucket = run.ladder.select_for([e.graph for e in chunk])
+            batch, targets = make_batch(chunk, bucket, run.layout)
+            state, m = step_fn(state, _shard(batch), _shard(targets), run.constants)
+            for k, v in jax.device_get(m).items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+        train_time = time.monotonic() - t0
+        metrics: dict[str, Any] = {
+            "epoch": epoch,
+            "step": int(state.step),
+            "train_time_s": train_time,
+            "structures_per_s": len(run.train) / max(train_time, 1e-9),
+            "wall_s": time.monotonic() - t_start,
+            **{f"train_{k}": v / steps_per_epoch for k, v in sums.items()},
+        }
+        val = None
+        if epoch % tcfg.eval_every == 0 or epoch == tcfg.epochs:
+            val = validate(run, state.ema_params, apply)
+            if val:
+                metrics.update(val)
+        ckpt.save(state, epoch, None if not val else float(val["val_mae_meV"]))
+        with metrics_path.open("a") as fh:
+            fh.write(json.dumps(metrics) + "\n")
+        if log is not None:
+            log(metrics)
+        last_metrics = metrics
+        if tcfg.max_minutes is not None and (time.monotonic() - t_start) > 60 * tcfg.max_minutes:
+            break
+    ckpt.close()
+    return last_metrics
