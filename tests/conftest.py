@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+
+# BLAS threads oversubscribe the 2-core CI machine when pytest and XLA run side by side.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 from pathlib import Path
 
 import pytest
