@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from gears_h_core.graph.neighbors import pair_keys
 from gears_h_core.types import BlockMatrix
-from training.data.targets import pair_keys
 
 
 @dataclass

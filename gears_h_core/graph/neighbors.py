@@ -262,3 +262,19 @@ def pair_partner_index(i: np.ndarray, j: np.ndarray, shift: np.ndarray) -> np.nd
             f"(i={j[k]}, j={i[k]}, shift={(-shift[k]).tolist()})"
         )
     return order[pos]
+
+
+_SHIFT_BASE = 256
+
+
+def pair_keys(n_atoms: int, i: np.ndarray, j: np.ndarray, shift: np.ndarray) -> np.ndarray:
+    """Unique int64 key per (i, j, shift) row (shift components in −128..127).
+
+    Keys of rows from different lists of the same structure are comparable, so rows can be
+    matched with ``np.searchsorted`` instead of a Python dict.
+    """
+    s = np.asarray(shift, np.int64) + _SHIFT_BASE // 2
+    if np.any((s < 0) | (s >= _SHIFT_BASE)):
+        raise ValueError("lattice shift out of the supported range −128..127")
+    ij = np.asarray(i, np.int64) * n_atoms + np.asarray(j, np.int64)
+    return ((ij * _SHIFT_BASE + s[:, 0]) * _SHIFT_BASE + s[:, 1]) * _SHIFT_BASE + s[:, 2]

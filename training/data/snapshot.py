@@ -33,6 +33,7 @@ import numpy as np
 
 from gears_h_core.assemble.blocks import block_matrix_from_rows, lattice_shifts
 from gears_h_core.basis.orbitals import BasisError, OrbitalBasis
+from gears_h_core.graph.neighbors import pair_keys
 from gears_h_core.structure import Structure, StructureError
 from gears_h_core.types import BlockMatrix, SparseHamiltonian
 from training.data.safe_npz import NpzError, load_npz
@@ -224,15 +225,6 @@ def _take(blocks: Sequence[np.ndarray] | np.ndarray, rows: np.ndarray) -> np.nda
     return np.stack([blocks[int(r)] for r in rows])
 
 
-def _row_keys(i: np.ndarray, j: np.ndarray, shift: np.ndarray, n_atoms: int) -> np.ndarray:
-    """Encode rows ``(i, j, n)`` as int64 keys (shift components bounded by the data)."""
-    span = int(np.abs(shift).max(initial=0)) * 2 + 1
-    if n_atoms * n_atoms * span**3 >= 2**62:
-        raise ValueError(f"lattice shifts up to {span // 2} cells are too large to index")
-    s = shift.astype(np.int64) + span // 2
-    return ((i * n_atoms + j) * span + s[:, 0]) * span * span + s[:, 1] * span + s[:, 2]
-
-
 def _partner_rows(
     folder: _Folder, i: np.ndarray, j: np.ndarray, shift: np.ndarray, n_atoms: int
 ) -> np.ndarray:
@@ -247,8 +239,8 @@ def _partner_rows(
             f"{ONSITE_FILES['h']}",
         )
     try:
-        keys = _row_keys(i, j, shift, n_atoms)
-        partner_keys = _row_keys(j, i, -shift, n_atoms)
+        keys = pair_keys(n_atoms, i, j, shift)
+        partner_keys = pair_keys(n_atoms, j, i, -shift)
     except ValueError as exc:
         raise folder.error(IJD_FILE, str(exc)) from exc
     order = np.argsort(keys, kind="stable")

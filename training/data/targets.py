@@ -13,21 +13,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gears_h_core.graph.neighbors import build_neighbor_graph
+from gears_h_core.graph.neighbors import build_neighbor_graph, pair_keys
 from gears_h_core.model.layout import OutputLayout
 from gears_h_core.types import BlockMatrix, NeighborGraph
 from training.data.snapshot import LabeledStructure
-
-_SHIFT_BASE = 256
-
-
-def pair_keys(n_atoms: int, i: np.ndarray, j: np.ndarray, shift: np.ndarray) -> np.ndarray:
-    """Unique int64 key per (i, j, shift) row (shift components in −128..127)."""
-    s = np.asarray(shift, np.int64) + _SHIFT_BASE // 2
-    if np.any((s < 0) | (s >= _SHIFT_BASE)):
-        raise ValueError("lattice shift out of the supported range −128..127")
-    ij = np.asarray(i, np.int64) * n_atoms + np.asarray(j, np.int64)
-    return ((ij * _SHIFT_BASE + s[:, 0]) * _SHIFT_BASE + s[:, 1]) * _SHIFT_BASE + s[:, 2]
 
 
 @dataclass(frozen=True, eq=False)
