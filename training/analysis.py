@@ -14,7 +14,11 @@ from typing import Any
 import numpy as np
 
 from gears_h_core.basis.orbitals import OrbitalBasis
-from gears_h_core.graph.neighbors import neighbor_pairs
+from gears_h_core.graph.neighbors import (
+    neighbor_pairs,
+    pair_cutoff_from_json,
+    pair_cutoff_to_json,
+)
 from gears_h_core.model.layout import OutputLayout
 from gears_h_core.model.scale_shift import Statistics
 from gears_h_core.types import BlockMatrix
@@ -78,7 +82,7 @@ class Analysis:
             "species": list(self.species),
             "edge_cutoff": self.edge_cutoff,
             "avg_num_neighbors": self.avg_num_neighbors,
-            "pair_cutoff": {_key(a, b): rc for (a, b), rc in self.pair_cutoff.items()},
+            "pair_cutoff": pair_cutoff_to_json(self.pair_cutoff),
             "pair_rows": self.pair_rows,
             "distance_histogram": self.distance_histogram,
             "histogram_edges": self.histogram_edges,
@@ -90,10 +94,6 @@ class Analysis:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Analysis:
-        def pair(k: str) -> tuple[int, int]:
-            a, b = k.split("-")
-            return int(a), int(b)
-
         stats = data.get("statistics")
         return cls(
             n_structures=int(data["n_structures"]),
@@ -101,7 +101,7 @@ class Analysis:
             species=tuple(int(z) for z in data["species"]),
             edge_cutoff=float(data["edge_cutoff"]),
             avg_num_neighbors=float(data["avg_num_neighbors"]),
-            pair_cutoff={pair(k): float(v) for k, v in data["pair_cutoff"].items()},
+            pair_cutoff=pair_cutoff_from_json(data["pair_cutoff"]),
             pair_rows=dict(data["pair_rows"]),
             distance_histogram=dict(data["distance_histogram"]),
             histogram_edges=list(data["histogram_edges"]),

@@ -8,6 +8,7 @@ metrics of an uninterrupted one.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -145,8 +146,6 @@ def setup(config: Config) -> RunSetup:
     train = [example(s) for s in train_structs]
     valid = [(example(s), s) for s in valid_structs]
     ladder = make_ladder(train + [v[0] for v in valid], config.training.batch_size)
-    import hashlib
-
     fp = hashlib.sha256("".join(sorted(s.fingerprint for s in train_structs)).encode()).hexdigest()
     return RunSetup(config, analysis, layout, model, constants, ladder, train, valid, fp)
 

@@ -278,3 +278,17 @@ def pair_keys(n_atoms: int, i: np.ndarray, j: np.ndarray, shift: np.ndarray) -> 
         raise ValueError("lattice shift out of the supported range −128..127")
     ij = np.asarray(i, np.int64) * n_atoms + np.asarray(j, np.int64)
     return ((ij * _SHIFT_BASE + s[:, 0]) * _SHIFT_BASE + s[:, 1]) * _SHIFT_BASE + s[:, 2]
+
+
+def pair_cutoff_to_json(pair_cutoff: Mapping[tuple[int, int], float]) -> dict[str, float]:
+    """``{(a, b): rc}`` -> ``{"a-b": rc}`` with a <= b (JSON object keys)."""
+    return {f"{min(a, b)}-{max(a, b)}": float(rc) for (a, b), rc in pair_cutoff.items()}
+
+
+def pair_cutoff_from_json(data: Mapping[str, float]) -> dict[tuple[int, int], float]:
+    """Inverse of `pair_cutoff_to_json`."""
+    out: dict[tuple[int, int], float] = {}
+    for key, rc in data.items():
+        a, b = (int(x) for x in key.split("-"))
+        out[(a, b)] = float(rc)
+    return out

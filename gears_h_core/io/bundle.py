@@ -31,6 +31,7 @@ import numpy as np
 
 from gears_h_core import __version__
 from gears_h_core.basis.orbitals import OrbitalBasis
+from gears_h_core.graph.neighbors import pair_cutoff_from_json, pair_cutoff_to_json
 from gears_h_core.io.wire import WireError, decode_array, encode_array
 from gears_h_core.model.config import ModelConfig
 
@@ -106,10 +107,6 @@ def _unpack_arrays(path: Path) -> dict[str, np.ndarray]:
         raise BundleError(f"{path}: {exc}") from exc
 
 
-def _pair_key(a: int, b: int) -> str:
-    return f"{min(a, b)}-{max(a, b)}"
-
-
 def save_bundle(bundle: ModelBundle, path: str | Path) -> Path:
     """Write ``bundle`` to directory ``path`` atomically (replacing an existing bundle)."""
     path = Path(path)
@@ -129,7 +126,7 @@ def save_bundle(bundle: ModelBundle, path: str | Path) -> Path:
             "basis": bundle.basis.to_json_dict(),
             "species": list(bundle.species),
             "edge_cutoff": bundle.config.edge_cutoff,
-            "pair_cutoff": {_pair_key(a, b): rc for (a, b), rc in bundle.pair_cutoff.items()},
+            "pair_cutoff": pair_cutoff_to_json(bundle.pair_cutoff),
             "ladder": bundle.ladder,
             "metadata": bundle.metadata,
             "files": {name: _sha256(tmp / name) for name in (PARAMS, STATISTICS)},
@@ -183,10 +180,7 @@ def load_bundle(path: str | Path) -> ModelBundle:
             )
     try:
         config = ModelConfig.from_dict(manifest["model_config"])
-        pair_cutoff = {}
-        for k, v in manifest["pair_cutoff"].items():
-            a, b = (int(x) for x in k.split("-"))
-            pair_cutoff[(a, b)] = float(v)
+        pair_cutoff = pair_cutoff_from_json(manifest["pair_cutoff"])
         bundle = ModelBundle(
             name=str(manifest["name"]),
             config=config,

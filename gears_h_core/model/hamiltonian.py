@@ -20,7 +20,6 @@ import e3nn_jax as e3nn
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import struct
 
 from gears_h_core.graph.padding import GraphBatch
@@ -69,13 +68,10 @@ class ModelConstants:
 
     @classmethod
     def create(cls, layout: OutputLayout, stats: Statistics) -> ModelConstants:
-        table = np.zeros(119, dtype=np.int32)
-        for s, z in enumerate(layout.species):
-            table[z] = s
         on_idx, on_sign = layout.onsite_transpose
         hop_idx, hop_sign = layout.hopping_transpose
         return cls(
-            species_table=jnp.asarray(table),
+            species_table=jnp.asarray(layout.species_table),
             stats=jax.tree.map(jnp.asarray, stats),
             onsite_transpose_index=jnp.asarray(on_idx),
             onsite_transpose_sign=jnp.asarray(on_sign),

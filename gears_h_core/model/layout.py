@@ -87,6 +87,14 @@ class OutputLayout:
     def n_species_pairs(self) -> int:
         return len(self.species) ** 2
 
+    @cached_property
+    def species_table(self) -> np.ndarray:
+        """Atomic number -> species index, int32 ``[119]`` (0 for elements not in the model)."""
+        table = np.zeros(119, dtype=np.int32)
+        for s, z in enumerate(self.species):
+            table[z] = s
+        return table
+
     def species_index(self, z: int) -> int:
         return self.species.index(int(z))
 

@@ -14,6 +14,37 @@ import jax.numpy as jnp
 from gears_h_core.model.interaction import gated
 
 
+def _kind_radial_weights(
+    n_kinds: int,
+    pair_kind: jax.Array,  # [n_pairs]
+    pair_radial: jax.Array,  # [n_pairs, n_radial]
+    pair_envelope: jax.Array,  # [n_pairs]
+    neurons: tuple[int, ...],
+) -> jax.Array:
+    """Radial MLP of (radial basis, species-pair embedding), ``[n_pairs, neurons[-1]]``.
+
+    Called inside a readout's compact ``__call__``: the submodules belong to that readout.
+    """
+    kind_embedding = nn.Embed(n_kinds, 16, name="pair_embedding")(pair_kind)
+    return e3nn.flax.MultiLayerPerceptron(neurons, act=jax.nn.silu, output_activation=False)(
+        jnp.concatenate([pair_radial, kind_embedding * pair_envelope[:, None]], axis=-1)
+    )
+
+
+def _kind_output(
+    out_irreps: e3nn.Irreps,
+    n_kinds: int,
+    pair_kind: jax.Array,
+    x: e3nn.IrrepsArray,
+    pair_envelope: jax.Array,
+) -> e3nn.IrrepsArray:
+    """Species-pair-indexed linear map to the universal layout, times the cutoff envelope."""
+    out = e3nn.flax.Linear(
+        out_irreps, num_indexed_weights=n_kinds, force_irreps_out=True, name="out"
+    )(pair_kind, x)
+    return out * pair_envelope[:, None]
+
+
 class OnsiteReadout(nn.Module):
     """On-site H: one gated layer then a species-indexed linear map."""
 
@@ -67,21 +98,16 @@ class HoppingReadout(nn.Module):
                 pair_sh,
             ]
         ).regroup()
-        kind_embedding = nn.Embed(self.n_species_pairs, 16, name="pair_embedding")(pair_kind)
-        weights = e3nn.flax.MultiLayerPerceptron(
+        weights = _kind_radial_weights(
+            self.n_species_pairs,
+            pair_kind,
+            pair_radial,
+            pair_envelope,
             (self.radial_hidden, self.radial_hidden, features.irreps.num_irreps),
-            act=jax.nn.silu,
-            output_activation=False,
-        )(jnp.concatenate([pair_radial, kind_embedding * pair_envelope[:, None]], axis=-1))
+        )
         x = features * weights
         x = e3nn.gate(e3nn.flax.Linear(gated(self.hidden), force_irreps_out=True, name="mix")(x))
-        out = e3nn.flax.Linear(
-            self.out_irreps,
-            num_indexed_weights=self.n_species_pairs,
-            force_irreps_out=True,
-            name="out",
-        )(pair_kind, x)
-        return out * pair_envelope[:, None]
+        return _kind_output(self.out_irreps, self.n_species_pairs, pair_kind, x, pair_envelope)
 
 
 class OverlapReadout(nn.Module):
@@ -103,19 +129,15 @@ class OverlapReadout(nn.Module):
         pair_radial: jax.Array,
         pair_envelope: jax.Array,
     ) -> e3nn.IrrepsArray:
-        kind_embedding = nn.Embed(self.n_species_pairs, 16, name="pair_embedding")(pair_kind)
-        radial = e3nn.flax.MultiLayerPerceptron(
+        radial = _kind_radial_weights(
+            self.n_species_pairs,
+            pair_kind,
+            pair_radial,
+            pair_envelope,
             (self.radial_hidden, self.radial_hidden, self.channels * pair_sh.irreps.num_irreps),
-            act=jax.nn.silu,
-            output_activation=False,
-        )(jnp.concatenate([pair_radial, kind_embedding * pair_envelope[:, None]], axis=-1))
+        )
         # channels copies of every harmonic, each with its own radial function
         tiled = e3nn.concatenate([pair_sh] * self.channels).regroup()
-        x = tiled * radial
-        out = e3nn.flax.Linear(
-            self.out_irreps,
-            num_indexed_weights=self.n_species_pairs,
-            force_irreps_out=True,
-            name="out",
-        )(pair_kind, x)
-        return out * pair_envelope[:, None]
+        return _kind_output(
+            self.out_irreps, self.n_species_pairs, pair_kind, tiled * radial, pair_envelope
+        )

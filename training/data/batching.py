@@ -56,10 +56,7 @@ def make_batch(
         value = getattr(e, which)
         return value if value is not None else np.zeros_like(getattr(e, which[:-1] + "h"))
 
-    table = np.zeros(119, np.int64)
-    for s, z in enumerate(layout.species):
-        table[z] = s
-    species = table[np.asarray(batch.numbers)]
+    species = layout.species_table[np.asarray(batch.numbers)]
     kind = species[np.asarray(batch.pair_i)] * layout.n_species + species[np.asarray(batch.pair_j)]
     onsite_weight = layout.onsite_mask[species] & np.asarray(batch.node_mask)[:, None]
     hopping_weight = layout.hopping_mask[kind] & np.asarray(batch.pair_mask)[:, None]
