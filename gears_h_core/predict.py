@@ -23,6 +23,7 @@ from flax import traverse_util
 from gears_h_core.graph.neighbors import build_neighbor_graph, canonical_pair_mask
 from gears_h_core.graph.padding import BatchLayout, Bucket, BucketLadder, GraphBatch, pad_graphs
 from gears_h_core.io.bundle import ModelBundle
+from gears_h_core.io.wire import ModelInfo
 from gears_h_core.model.hamiltonian import HamiltonianIrreps, HamiltonianModel, ModelConstants
 from gears_h_core.model.layout import OutputLayout
 from gears_h_core.model.scale_shift import Statistics
@@ -86,6 +87,12 @@ class Predictor:
         self._lock = threading.Lock()
         self.compile_count = 0
 
+    @property
+    def model_info(self) -> ModelInfo:
+        """Name, version and parameter sha256 of the bundle (the ``model`` of wire results)."""
+        b = self.bundle
+        return ModelInfo(name=b.name, version=b.version, sha256=b.sha256)
+
     # -- graphs ------------------------------------------------------------------------------
     def check_species(self, structure: Structure) -> None:
         unknown = sorted(set(structure.species) - set(self.bundle.species))
@@ -116,7 +123,7 @@ class Predictor:
         with self._lock:
             exe = self._compiled.get(bucket)
             if exe is None:
-                spec = _batch_spec(bucket)
+                spec = batch_spec(bucket)
                 exe = jax.jit(self._apply).lower(self.params, spec, self.constants).compile()
                 self._compiled[bucket] = exe
                 self.compile_count += 1
@@ -185,7 +192,7 @@ class Predictor:
         return results
 
 
-def _batch_spec(bucket: Bucket) -> GraphBatch:
+def batch_spec(bucket: Bucket) -> GraphBatch:
     """Abstract `GraphBatch` of a bucket (for ahead-of-time compilation)."""
 
     def s(shape: tuple[int, ...], dtype: Any) -> jax.ShapeDtypeStruct:

@@ -18,12 +18,14 @@ from training.state import TrainState
 
 
 class RunCheckpoints:
-    def __init__(self, run_dir: Path, keep: int) -> None:
+    def __init__(self, run_dir: Path, keep: int, *, create: bool = True) -> None:
         root = (run_dir / "checkpoints").absolute()
+        if not create and not root.is_dir():
+            raise FileNotFoundError(f"{run_dir}: the run has no checkpoints yet")
         self.latest = ocp.CheckpointManager(
             root / "latest",
             options=ocp.CheckpointManagerOptions(
-                max_to_keep=keep, enable_async_checkpointing=False, create=True
+                max_to_keep=keep, enable_async_checkpointing=False, create=create
             ),
         )
         self.best = ocp.CheckpointManager(
@@ -33,7 +35,7 @@ class RunCheckpoints:
                 best_fn=lambda m: m["val_mae"],
                 best_mode="min",
                 enable_async_checkpointing=False,
-                create=True,
+                create=create,
             ),
         )
 
@@ -57,15 +59,19 @@ class RunCheckpoints:
         item = self.latest.restore(step, args=ocp.args.StandardRestore(abstract))
         return item["state"], int(item["epoch"])
 
-    def restore_best(self, template: TrainState) -> TrainState:
-        step = self.best.best_step()
-        manager = self.best
-        if step is None:
-            step, manager = self.latest.latest_step(), self.latest
+    def restore(self, template: Any, *, which: str = "best") -> tuple[TrainState, int]:
+        """The ``best`` (falls back to latest when nothing was validated) or ``latest``
+        checkpoint as ``(state, epoch)``; ``template`` may be abstract (ShapeDtypeStruct)."""
+        if which not in ("best", "latest"):
+            raise ValueError(f"checkpoint: expected 'best' or 'latest', got {which!r}")
+        manager, step = self.latest, self.latest.latest_step()
+        if which == "best" and self.best.best_step() is not None:
+            manager, step = self.best, self.best.best_step()
         if step is None:
             raise FileNotFoundError("the run has no checkpoint yet")
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, self._item(template, 0))
-        return manager.restore(step, args=ocp.args.StandardRestore(abstract))["state"]
+        item = manager.restore(step, args=ocp.args.StandardRestore(abstract))
+        return item["state"], int(item["epoch"])
 
     def close(self) -> None:
         self.latest.close()

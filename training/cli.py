@@ -1,7 +1,10 @@
 """The ``gears_h`` command line.
 
 Every command has ``--help``; bad input exits with status 2 and a one-line reason on stderr
-(no traceback). Commands available now: ``template``, ``validate``, ``analyze``, ``train``.
+(no traceback). Commands: ``template``, ``validate``, ``analyze``, ``train``, ``export``,
+``infer``, ``evaluate``. A MODEL argument is a bundle directory, a training run directory
+(exported on the fly from its best checkpoint) or ``default`` (the bundle shipped in the
+package).
 """
 
 from __future__ import annotations
@@ -121,6 +124,128 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_predictor(spec: str, tmp_dir: Path):  # -> Predictor
+    from gears_h_core.io.bundle import load_bundle
+    from gears_h_core.io.model_source import resolve_bundle_path
+    from gears_h_core.predict import Predictor
+
+    path = Path(spec)
+    if spec != "default" and (path / "config.yaml").is_file() and (path / "checkpoints").is_dir():
+        from training.export import export_run
+
+        bundle_path = export_run(path, tmp_dir / "bundle")
+    else:
+        bundle_path = resolve_bundle_path(spec)
+    return Predictor(load_bundle(bundle_path))
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from training.export import export_run
+
+    run_dir = Path(args.run_dir)
+    out = Path(args.output) if args.output else run_dir / "bundle"
+    path = export_run(
+        run_dir, out, checkpoint=args.checkpoint, max_atoms=args.max_atoms, name=args.name
+    )
+    print(f"wrote {path}")
+    return 0
+
+
+def cmd_infer(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from gears_h_core.io import exporters
+    from gears_h_core.io.structures import read_structure_files
+
+    structures = read_structure_files(args.structures)
+    with tempfile.TemporaryDirectory() as tmp:
+        predictor = _load_predictor(args.model, Path(tmp))
+        for s in structures:  # unknown species fail before any compilation
+            predictor.check_species(s)
+        results = []
+        for s in structures:  # one at a time: identical to a lone POST /infer
+            results.extend(predictor.predict([s], overlap=not args.no_overlap))
+    console = Console(stderr=True)
+    if args.output:
+        out = Path(args.output)
+        kind = exporters.output_kind(out)
+        if kind == "msgpack":
+            written = [exporters.write_msgpack(results, predictor.model_info, out)]
+        elif kind == "npz":
+            written = exporters.write_csr_npz(results, out)
+        else:
+            written = exporters.write_snapshot_folders(results, predictor.model_info, out)
+        for w in written:
+            console.print(f"wrote {w}")
+    table = Table(title=f"model {predictor.bundle.name} ({predictor.compile_count} compilations)")
+    for col in ("structure", "atoms", "orbitals", "hopping blocks", "shifts", "max |H| (eV)"):
+        table.add_column(col)
+    for k, sh in enumerate(results):
+        hop = sum(len(g.i) for g in sh.H.hopping)
+        shifts = {tuple(x) for g in sh.H.hopping for x in g.shift.tolist()}
+        hmax = max(float(abs(g.blocks).max()) for g in (*sh.H.onsite, *sh.H.hopping))
+        n_orb = int(sh.basis.orbital_offsets(sh.structure.numbers)[-1])
+        table.add_row(
+            str(k), str(sh.structure.n_atoms), str(n_orb), str(hop), str(len(shifts)), f"{hmax:.3f}"
+        )
+    console.print(table)
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from training.data.snapshot import read_dataset
+    from training.evaluate import evaluate_predictions
+
+    dataset = Path(args.dataset)
+    labeled = read_dataset(dataset, limit=args.n)
+    if not labeled:
+        raise CliError(f"{dataset}: no snapshot folders found")
+    with tempfile.TemporaryDirectory() as tmp:
+        predictor = _load_predictor(args.model, Path(tmp))
+        for s in labeled:
+            try:
+                predictor.check_species(s.hamiltonian.structure)
+            except ValueError as exc:
+                raise CliError(f"{s.path}: {exc}") from exc
+        pairs = [(predictor.predict([s.hamiltonian.structure])[0], s) for s in labeled]
+    result = evaluate_predictions(pairs)
+    result["model"] = {
+        "name": predictor.bundle.name,
+        "sha256": predictor.bundle.sha256,
+    }
+    result["dataset"] = str(dataset)
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    h = result["H"]
+    table = Table(title=f"{dataset}: {result['n_structures']} structures, model {args.model}")
+    table.add_column("quantity")
+    table.add_column("value")
+    for key in ("mae_meV", "rmse_meV", "max_meV", "onsite_mae_meV", "hopping_mae_meV"):
+        table.add_row(f"H {key}", f"{h[key]:.4g}")
+    if result["S"] is not None:
+        table.add_row("S mae", f"{result['S']['mae']:.3e}")
+        table.add_row("S max", f"{result['S']['max']:.3e}")
+    if result["eigenvalues"] is not None:
+        table.add_row(
+            "eigenvalues MAE (±2 eV of E_F), meV",
+            f"{result['eigenvalues']['mae_meV_within_2eV_of_ef']:.4g}",
+        )
+    for key, v in result["per_species_pair"].items():
+        table.add_row(f"{key} H mae_meV", f"{v['H_mae_meV']:.4g}")
+    console.print(table)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="gears_h", description="GEARS H: train and run ML Hamiltonians"
@@ -149,6 +274,32 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("config")
     tr.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     tr.set_defaults(func=cmd_train)
+
+    ex = sub.add_parser("export", help="write the model bundle of a training run")
+    ex.add_argument("run_dir")
+    ex.add_argument("-o", "--output", help="bundle directory (default RUN_DIR/bundle)")
+    ex.add_argument("--checkpoint", choices=["best", "latest"], default="best")
+    ex.add_argument(
+        "--max-atoms", type=int, default=512, help="largest padding bucket (atoms per batch)"
+    )
+    ex.add_argument("--name", help="model name (default: the config's name)")
+    ex.set_defaults(func=cmd_export)
+
+    inf = sub.add_parser("infer", help="predict H (and S) for structure files")
+    inf.add_argument("model", help="bundle directory, run directory or 'default'")
+    inf.add_argument("structures", nargs="+", help="any ASE-readable file (multi-frame too)")
+    inf.add_argument(
+        "-o", "--output", help="x.msgpack (wire format), x.npz (CSR per shift) or a folder"
+    )
+    inf.add_argument("--no-overlap", action="store_true", help="H only")
+    inf.set_defaults(func=cmd_infer)
+
+    ev = sub.add_parser("evaluate", help="errors of a model on a data set")
+    ev.add_argument("model", help="bundle directory, run directory or 'default'")
+    ev.add_argument("dataset")
+    ev.add_argument("n", nargs="?", type=int, default=None, help="first N structures")
+    ev.add_argument("--json", action="store_true", help="print one JSON object")
+    ev.set_defaults(func=cmd_evaluate)
     return p
 
 

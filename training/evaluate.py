@@ -7,13 +7,17 @@ row the model does not predict (beyond its cutoff) counts with a predicted block
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
+from gears_h_core.assemble.eigen import generalized_eigvalsh
+from gears_h_core.assemble.sparse import hamiltonian_at_k
 from gears_h_core.graph.neighbors import pair_keys
-from gears_h_core.types import BlockMatrix
+from gears_h_core.types import BlockMatrix, SparseHamiltonian
+from training.data.snapshot import LabeledStructure
 
 
 @dataclass
@@ -88,3 +92,86 @@ def accumulate(pairs: Iterable[tuple[BlockMatrix, BlockMatrix, int]]) -> ErrorAc
     for pred, ref, n in pairs:
         acc.add(pred, ref, n)
     return acc
+
+
+#: states compared in the eigenvalue error: within this window of the stored Fermi level (eV)
+EIGEN_WINDOW_EV = 2.0
+
+
+def eigenvalue_errors(pred: SparseHamiltonian, labeled: LabeledStructure) -> np.ndarray:
+    """|ε_pred − ε_DFT| (eV) of the states within ±2 eV of E_F, at Γ and the stored k point.
+
+    The predicted problem uses the predicted H and S (the DFT S when the model has no S);
+    the first ``len(eps)`` eigenvalues are compared, as in ``shared/data/README.md`` §2.5.
+    Γ-only data sets and snapshots without reference eigenvalues give an empty array.
+    """
+    ref = labeled.reference
+    if ref is None or ref.e_fermi is None or labeled.gamma_only:
+        return np.zeros(0)
+    if pred.S is None and labeled.hamiltonian.S is not None:
+        pred = SparseHamiltonian(pred.structure, pred.basis, pred.H, labeled.hamiltonian.S)
+    points = [(np.zeros(3), ref.eps_gamma)]
+    if ref.k_test is not None and ref.eps_ktest is not None:
+        points.append((np.asarray(ref.k_test), ref.eps_ktest))
+    errors = []
+    for k, eps in points:
+        if eps is None:
+            continue
+        Hk, Sk = hamiltonian_at_k(pred, k)
+        eig = generalized_eigvalsh(Hk, Sk)[: len(eps)]  # LinAlgError: S not pos. definite
+        window = np.abs(eps[: len(eig)] - ref.e_fermi) <= EIGEN_WINDOW_EV
+        errors.append(np.abs(eig - eps[: len(eig)])[window])
+    return np.concatenate(errors) if errors else np.zeros(0)
+
+
+def evaluate_predictions(
+    pairs: Sequence[tuple[SparseHamiltonian, LabeledStructure]],
+) -> dict[str, Any]:
+    """The ``gears_h evaluate --json`` document for predictions and their references.
+
+    H errors in meV over every element of every stored block; S errors dimensionless (None
+    when the data or the model have no S); eigenvalue MAE in meV within ±2 eV of E_F (None
+    without reference eigenvalues). Snapshots whose predicted S(k) is not positive definite
+    (an untrained model) have no eigenvalues: they are listed under ``eigenvalues.failed``.
+    """
+    acc_h, acc_s = ErrorAccumulator(), ErrorAccumulator()
+    eig_errors: list[np.ndarray] = []
+    eig_failed: list[str] = []
+    for pred, labeled in pairs:
+        ref = labeled.hamiltonian
+        n = ref.structure.n_atoms
+        acc_h.add(pred.H, ref.H, n)
+        if pred.S is not None and ref.S is not None:
+            acc_s.add(pred.S, ref.S, n)
+        try:
+            eig_errors.append(eigenvalue_errors(pred, labeled))
+        except np.linalg.LinAlgError:
+            eig_failed.append(labeled.name)  # predicted S not positive definite
+    h = acc_h.summary(1000.0)
+    s = acc_s.summary() if acc_s.n_onsite + acc_s.n_hopping else None
+    eig = np.concatenate(eig_errors) if eig_errors else np.zeros(0)
+    per_pair: dict[str, dict[str, float]] = {
+        key: {"H_mae_meV": value} for key, value in acc_h.per_pair_mae(1000.0).items()
+    }
+    for key, value in acc_s.per_pair_mae().items():
+        per_pair.setdefault(key, {})["S_mae"] = value
+    return {
+        "n_structures": len(pairs),
+        "H": {
+            "mae_meV": h["mae"],
+            "rmse_meV": h["rmse"],
+            "max_meV": h["max"],
+            "onsite_mae_meV": h["onsite_mae"],
+            "hopping_mae_meV": h["hopping_mae"],
+        },
+        "S": None if s is None else {"mae": s["mae"], "max": s["max"]},
+        "eigenvalues": None
+        if eig.size == 0
+        else {
+            "mae_meV_within_2eV_of_ef": 1000.0 * float(eig.mean()),
+            "max_meV_within_2eV_of_ef": 1000.0 * float(eig.max()),
+            "n_states": int(eig.size),
+            "failed": eig_failed,
+        },
+        "per_species_pair": per_pair,
+    }

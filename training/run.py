@@ -31,7 +31,7 @@ from gears_h_core.predict import decode_blocks
 from training.analysis import Analysis, analyze
 from training.checkpoints import RunCheckpoints
 from training.config import AdamWConfig, Config
-from training.data.batching import make_batch
+from training.data.batching import make_batch, make_sharded_batch
 from training.data.snapshot import LabeledStructure, read_dataset
 from training.data.targets import TrainingExample, make_example
 from training.evaluate import ErrorAccumulator
@@ -150,8 +150,54 @@ def setup(config: Config) -> RunSetup:
     return RunSetup(config, analysis, layout, model, constants, ladder, train, valid, fp)
 
 
-def _shard(tree: Any) -> Any:
-    return jax.tree.map(lambda x: jnp.asarray(x)[None], tree)
+RUN_INFO = "run_info.json"
+
+
+def run_info(run: RunSetup) -> dict[str, Any]:
+    """What export needs besides config, analysis and checkpoints: data provenance and the
+    graph densities (edges and pairs per atom) that size the serving bucket ladder."""
+    examples = run.train + [v[0] for v in run.valid]
+    return {
+        "training_data_fingerprint": run.fingerprint,
+        "n_train": len(run.train),
+        "n_valid": len(run.valid),
+        "train_sets": [str(p) for p in run.config.data.train],
+        "valid_sets": [str(p) for p in run.config.data.valid],
+        "max_atoms": max(e.graph.n_atoms for e in examples),
+        "edges_per_atom": max(e.graph.n_edges / e.graph.n_atoms for e in examples),
+        "pairs_per_atom": max(e.graph.n_pairs / e.graph.n_atoms for e in examples),
+    }
+
+
+@dataclass(frozen=True)
+class DataParallel:
+    """Placement of a step's inputs: the shard axis over a 1-D device mesh ``("data",)``,
+    the train state and constants replicated. XLA partitions the step's vmap over shards
+    across the devices and all-reduces the gradients.
+
+    ``n_shards`` is the number of local devices that divides the global batch size (all of
+    them when it divides). Single host only; see the README for the multi-host route.
+    """
+
+    mesh: jax.sharding.Mesh
+
+    @classmethod
+    def create(cls, batch_size: int, devices: Sequence[Any] | None = None) -> DataParallel:
+        devices = list(jax.local_devices() if devices is None else devices)
+        n = math.gcd(batch_size, len(devices))
+        return cls(jax.sharding.Mesh(np.asarray(devices[:n]), ("data",)))
+
+    @property
+    def n_shards(self) -> int:
+        return int(self.mesh.devices.size)
+
+    def shard(self, tree: Any) -> Any:
+        spec = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec("data"))
+        return jax.device_put(tree, spec)
+
+    def replicate(self, tree: Any) -> Any:
+        spec = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
+        return jax.device_put(tree, spec)
 
 
 def init_state(run: RunSetup, tx: optax.GradientTransformation) -> TrainState:
@@ -205,8 +251,14 @@ def train(config: Config, *, resume: bool = False, log: Logger | None = None) ->
             raise RunError(f"{cfg_path}: --resume with a different model or data config")
     run = setup(config)
     _write_atomic(cfg_path, yaml.safe_dump(run.config.model_dump(mode="json"), sort_keys=False))
+    _write_atomic(run.config.run_dir / RUN_INFO, json.dumps(run_info(run), indent=2) + "\n")
     tcfg = run.config.training
-    steps_per_epoch = math.ceil(len(run.train) / tcfg.batch_size)
+    if len(run.train) < tcfg.batch_size:
+        raise RunError(
+            f"training.batch_size: {tcfg.batch_size} is more than the {len(run.train)} "
+            "training structures"
+        )
+    steps_per_epoch = len(run.train) // tcfg.batch_size  # the remainder is dropped
     tx = make_optimizer(run.config, steps_per_epoch * tcfg.epochs)
     weights = LossWeights(**run.config.loss.model_dump())
     state = init_state(run, tx)
@@ -228,6 +280,9 @@ def train(config: Config, *, resume: bool = False, log: Logger | None = None) ->
                 _write_atomic(metrics_path, "".join(k + "\n" for k in keep))
     elif metrics_path.exists():
         metrics_path.unlink()
+    parallel = DataParallel.create(tcfg.batch_size)
+    state = parallel.replicate(state)
+    constants = parallel.replicate(run.constants)
     step_fn = make_train_step(run.model, tx, weights, tcfg.ema_decay)
     apply = jax.jit(run.model.apply)
     t_start = time.monotonic()
@@ -239,9 +294,8 @@ def train(config: Config, *, resume: bool = False, log: Logger | None = None) ->
         sums: dict[str, float] = {}
         for b in range(steps_per_epoch):
             chunk = [run.train[k] for k in order[b * tcfg.batch_size : (b + 1) * tcfg.batch_size]]
-            bucket = run.ladder.select_for([e.graph for e in chunk])
-            batch, targets = make_batch(chunk, bucket, run.layout)
-            state, m = step_fn(state, _shard(batch), _shard(targets), run.constants)
+            batch, targets = make_sharded_batch(chunk, parallel.n_shards, run.ladder, run.layout)
+            state, m = step_fn(state, parallel.shard(batch), parallel.shard(targets), constants)
             for k, v in jax.device_get(m).items():
                 sums[k] = sums.get(k, 0.0) + float(v)
         train_time = time.monotonic() - t0

@@ -4,7 +4,9 @@ Data parallelism: a step takes batches with a leading *shard* axis ``[n_shards, 
 loss is the mean over shards of each shard's loss. With the shard axis laid out over a
 ``jax.sharding.Mesh`` axis ``"data"``, XLA runs one shard per device and all-reduces the
 gradients; with one device the same program runs the shards in sequence, so one step on
-several devices equals one step on one device for the same global batch.
+several devices equals one step on one device for the same global batch. Each loss term is
+the mean over the whole global batch (squared-error sums and element counts are summed over
+shards before dividing), so the split into shards does not change the loss either.
 """
 
 from __future__ import annotations
@@ -14,13 +16,12 @@ from functools import partial
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import optax
 
 from gears_h_core.graph.padding import GraphBatch
 from gears_h_core.model.hamiltonian import HamiltonianModel, ModelConstants
 from training.data.batching import TargetBatch
-from training.loss import LossWeights, loss_terms, total_loss
+from training.loss import LossWeights, loss_sums, mean_terms, total_loss
 from training.state import TrainState
 
 Metrics = dict[str, jax.Array]
@@ -34,14 +35,11 @@ def _sharded_loss(
     targets: TargetBatch,
     constants: ModelConstants,
 ) -> tuple[jax.Array, Metrics]:
-    def one(b: GraphBatch, t: TargetBatch) -> tuple[jax.Array, Metrics]:
-        out = model.apply(params, b, constants)
-        terms = loss_terms(out, t)
-        return total_loss(terms, weights), terms
+    def one(b: GraphBatch, t: TargetBatch) -> dict[str, tuple[jax.Array, jax.Array]]:
+        return loss_sums(model.apply(params, b, constants), t)
 
-    losses, terms = jax.vmap(one)(batch, targets)
-    metrics = {k: jnp.mean(v) for k, v in terms.items()}
-    loss = jnp.mean(losses)
+    metrics = mean_terms(jax.vmap(one)(batch, targets))
+    loss = total_loss(metrics, weights)
     metrics["loss"] = loss
     return loss, metrics
 

@@ -112,6 +112,7 @@ def save_bundle(bundle: ModelBundle, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    os.chmod(tmp, 0o755)  # mkdtemp makes it private; a bundle is meant to be shared
     try:
         (tmp / PARAMS).write_bytes(_pack_arrays(bundle.params))
         (tmp / STATISTICS).write_bytes(_pack_arrays(bundle.statistics))

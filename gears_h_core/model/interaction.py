@@ -20,6 +20,16 @@ def gated(irreps: e3nn.Irreps) -> e3nn.Irreps:
     return scalars + e3nn.Irreps(f"{nonscalars.num_irreps}x0e") + nonscalars
 
 
+def narrow(irreps: e3nn.Irreps, factor: int = 4) -> e3nn.Irreps:
+    """``irreps`` with every multiplicity divided by ``factor`` (at least 1).
+
+    Tensor products with spherical harmonics multiply the feature count by the number of
+    coupling paths; projecting onto a narrow copy first keeps the pair features (and the
+    linear map after them, the main cost per pair) small.
+    """
+    return e3nn.Irreps([(max(1, mul // factor), ir) for mul, ir in irreps])
+
+
 class Interaction(nn.Module):
     """h_i <- gate(W_1 h_i[species] + W_2 Σ_j R(r_ij) ⊙ (h_j ⊗ Y(r̂_ij)) / sqrt(avg_neighbors)) + h_i.
 
@@ -44,10 +54,13 @@ class Interaction(nn.Module):
     ) -> e3nn.IrrepsArray:
         n_nodes = h.shape[0]
         h_j = h[edge_j]
+        h_narrow = e3nn.flax.Linear(narrow(self.irreps, 2), force_irreps_out=True, name="proj_sh")(
+            h
+        )[edge_j]
         messages = e3nn.concatenate(
             [
                 h_j.filter(keep=self.irreps),
-                e3nn.tensor_product(h_j, edge_sh, filter_ir_out=self.irreps),
+                e3nn.tensor_product(h_narrow, edge_sh, filter_ir_out=self.irreps),
             ]
         ).regroup()
         weights = e3nn.flax.MultiLayerPerceptron(

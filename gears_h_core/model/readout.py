@@ -11,7 +11,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from gears_h_core.model.interaction import gated
+from gears_h_core.model.interaction import gated, narrow
 
 
 def _kind_radial_weights(
@@ -31,6 +31,22 @@ def _kind_radial_weights(
     )
 
 
+def indexed_linear(
+    out_irreps: e3nn.Irreps, n_index: int, index: jax.Array, x: e3nn.IrrepsArray, name: str
+) -> e3nn.IrrepsArray:
+    """Linear map with its own weights per ``index`` value (species pair), for many rows.
+
+    Same function as ``e3nn.flax.Linear(num_indexed_weights=n_index)`` but without gathering
+    one weight matrix per row (which, for thousands of pairs, materialises gigabytes): the
+    input is spread into ``n_index`` one-hot masked copies and mapped by one shared linear
+    layer, so the cost is one matrix product of width ``n_index * dim``. The √n factor keeps
+    e3nn's fan-in normalisation of the initial weights.
+    """
+    onehot = jax.nn.one_hot(index, n_index, dtype=x.dtype) * jnp.sqrt(float(n_index))
+    spread = e3nn.concatenate([x * onehot[:, k : k + 1] for k in range(n_index)]).regroup()
+    return e3nn.flax.Linear(out_irreps, force_irreps_out=True, name=name)(spread)
+
+
 def _kind_output(
     out_irreps: e3nn.Irreps,
     n_kinds: int,
@@ -39,9 +55,7 @@ def _kind_output(
     pair_envelope: jax.Array,
 ) -> e3nn.IrrepsArray:
     """Species-pair-indexed linear map to the universal layout, times the cutoff envelope."""
-    out = e3nn.flax.Linear(
-        out_irreps, num_indexed_weights=n_kinds, force_irreps_out=True, name="out"
-    )(pair_kind, x)
+    out = indexed_linear(out_irreps, n_kinds, pair_kind, x, name="out")
     return out * pair_envelope[:, None]
 
 
@@ -94,7 +108,13 @@ class HoppingReadout(nn.Module):
                 h_i,
                 h_j,
                 e3nn.elementwise_tensor_product(a, b, filter_ir_out=self.hidden),
-                e3nn.tensor_product(h_i + h_j, pair_sh, filter_ir_out=self.hidden),
+                e3nn.tensor_product(
+                    e3nn.flax.Linear(narrow(self.hidden), force_irreps_out=True, name="proj_sh")(
+                        h_i + h_j
+                    ),
+                    pair_sh,
+                    filter_ir_out=self.hidden,
+                ),
                 pair_sh,
             ]
         ).regroup()

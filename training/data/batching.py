@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from typing import Any
 
+import jax
 import numpy as np
 from flax import struct
 
-from gears_h_core.graph.padding import Bucket, GraphBatch, pad_graphs
+from gears_h_core.graph.padding import Bucket, BucketLadder, GraphBatch, pad_graphs
 from gears_h_core.model.layout import OutputLayout
 from training.data.targets import TrainingExample
 
@@ -80,3 +82,18 @@ def make_batch(
         pair_has_s=pair_has_s,
     )
     return batch, targets
+
+
+def make_sharded_batch(
+    examples: Sequence[TrainingExample], n_shards: int, ladder: BucketLadder, layout: OutputLayout
+) -> tuple[GraphBatch, TargetBatch]:
+    """Split ``examples`` into ``n_shards`` consecutive shards, padded to one common bucket
+    (the one the largest shard needs) and stacked: every leaf gets a leading shard axis."""
+    if not 1 <= n_shards <= len(examples):
+        raise ValueError(f"cannot split {len(examples)} structures into {n_shards} shards")
+    bounds = np.linspace(0, len(examples), n_shards + 1).round().astype(int)
+    shards = [examples[a:b] for a, b in itertools.pairwise(bounds)]
+    buckets = [ladder.select_for([e.graph for e in shard]) for shard in shards]
+    bucket = max(buckets, key=lambda b: ladder.buckets.index(b))
+    parts = [make_batch(shard, bucket, layout) for shard in shards]
+    return jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *parts)

@@ -218,6 +218,27 @@ def _block_list(
     return blocks
 
 
+def _read_blocks(
+    folder: _Folder, file: str, key: str, expected: np.ndarray, what: str
+) -> list[np.ndarray] | np.ndarray:
+    """The blocks of ``file``: the format's pickled object array under ``key``, or the
+    pickle-free form ``gears_h infer`` writes: ``{key}_flat``, every block's float32
+    elements in C order, concatenated (shapes from the basis, ``expected`` ``[n, 2]``)."""
+    arrays = folder.npz(file)
+    if key in arrays or f"{key}_flat" not in arrays:
+        return _block_list(folder, file, folder.key(file, arrays, key), expected, what)
+    flat = np.asarray(arrays[f"{key}_flat"])
+    sizes = expected[:, 0] * expected[:, 1]
+    if flat.ndim != 1 or flat.dtype.kind != "f" or flat.size != int(sizes.sum()):
+        raise folder.error(
+            file,
+            f"{key}_flat: {flat.size} {flat.dtype} values in shape {flat.shape}, expected a "
+            f"1-D float array of {int(sizes.sum())} (the {what} blocks of {BASIS_FILE})",
+        )
+    parts = np.split(flat.astype(np.float32), np.cumsum(sizes)[:-1])
+    return [p.reshape(int(a), int(b)) for p, (a, b) in zip(parts, expected, strict=True)]
+
+
 def _take(blocks: Sequence[np.ndarray] | np.ndarray, rows: np.ndarray) -> np.ndarray:
     """Stack ``blocks[rows]`` (all the same shape) into ``[len(rows), a, b]``."""
     if isinstance(blocks, np.ndarray):
@@ -402,10 +423,8 @@ def _operator(
     """Read and check one operator (``what`` = "h" or "s") into a `BlockMatrix`."""
     key = f"{what}blocks"
     on_file, off_file = ONSITE_FILES[what], HOPPING_FILES[what]
-    onsite_raw = folder.key(on_file, folder.npz(on_file), key)
-    onsite = _block_list(folder, on_file, onsite_raw, np.stack([counts, counts], 1), "atom")
-    hopping_raw = folder.key(off_file, folder.npz(off_file), key)
-    hopping = _block_list(folder, off_file, hopping_raw, np.stack([counts[i], counts[j]], 1), "row")
+    onsite = _read_blocks(folder, on_file, key, np.stack([counts, counts], 1), "atom")
+    hopping = _read_blocks(folder, off_file, key, np.stack([counts[i], counts[j]], 1), "row")
     if validate:
         _check_onsite_symmetric(folder, on_file, numbers, onsite)
         _check_transposes(folder, off_file, numbers, i, j, partner, hopping)

@@ -1,0 +1,115 @@
+"""Learning curves and throughput of training runs -> tables (stdout) and bench/RESULTS.md.
+
+Reads ``metrics.jsonl`` of each run directory (written by ``gears_h train``) and prints the
+validation MAE against wall time, the throughput (structures/s, steps/s) and the time to
+reach given MAE levels. With ``--write`` the tables replace the section of this run's name
+in ``bench/RESULTS.md`` (machine, command and date included).
+
+    uv run python bench/training_report.py runs/bench_hbn_20min --title "h-BN, 20 min" --write
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import itertools
+import json
+import os
+import platform
+import re
+import sys
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x]
+    return sorted(rows, key=lambda r: r["epoch"])
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}"
+
+
+def report(run_dir: Path, title: str, levels: list[float]) -> str:
+    rows = read_metrics(run_dir)
+    val = [r for r in rows if "val_mae_meV" in r]
+    lines = [f"### {title}", ""]
+    lines.append(f"run directory `{run_dir}`; {len(rows)} epochs, last step {rows[-1]['step']}.")
+    lines.append("")
+    lines.append("| wall (min) | epoch | val H MAE (meV) | on-site | hopping | val S MAE |")
+    lines.append("|---:|---:|---:|---:|---:|---:|")
+    # a readable curve: about 12 rows spread over the run, always the last one
+    pick = val[:: max(1, len(val) // 12)]
+    if val and pick[-1] is not val[-1]:
+        pick.append(val[-1])
+    for r in pick:
+        lines.append(
+            f"| {r['wall_s'] / 60:.1f} | {r['epoch']} | {r['val_mae_meV']:.2f} | "
+            f"{r['val_onsite_mae_meV']:.2f} | {r['val_hopping_mae_meV']:.2f} | "
+            f"{r.get('val_s_mae', float('nan')):.2e} |"
+        )
+    best = min(val, key=lambda r: r["val_mae_meV"]) if val else None
+    steady = rows[1:] or rows
+    sps = sum(r["structures_per_s"] for r in steady) / len(steady)
+    steps_s = sum(
+        (b["step"] - a["step"]) / b["train_time_s"] for a, b in itertools.pairwise(rows)
+    ) / max(len(rows) - 1, 1)
+    lines.append("")
+    if best:
+        lines.append(
+            f"best validation H MAE **{best['val_mae_meV']:.2f} meV** at epoch {best['epoch']} "
+            f"({best['wall_s'] / 60:.1f} min)."
+        )
+    lines.append(
+        f"throughput (epochs after the first): {sps:.2f} structures/s, {steps_s:.2f} steps/s."
+    )
+    for level in levels:
+        hit = next((r for r in val if r["val_mae_meV"] <= level), None)
+        when = f"{hit['wall_s'] / 60:.1f} min (epoch {hit['epoch']})" if hit else "not reached"
+        lines.append(f"time to {level:g} meV: {when}.")
+    return "\n".join(lines) + "\n"
+
+
+def write_section(title: str, body: str, command: str) -> None:
+    header = "# Benchmark results\n\nEach section: machine, command, date, then the figures.\n"
+    text = RESULTS.read_text() if RESULTS.exists() else header
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    section = (
+        f"## {title}\n\nmachine: {machine()}  \ncommand: `{command}`  \ndate: {stamp}\n\n{body}\n"
+    )
+    pattern = re.compile(rf"^## {re.escape(title)}\n.*?(?=^## |\Z)", re.S | re.M)
+    text = pattern.sub(lambda _: section, text) if pattern.search(text) else text + "\n" + section
+    tmp = RESULTS.with_suffix(".tmp")
+    tmp.write_text(text)
+    tmp.replace(RESULTS)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("run_dirs", nargs="+", type=Path)
+    p.add_argument("--title", default="Training", help="RESULTS.md section title")
+    p.add_argument("--levels", type=float, nargs="*", default=[30.0, 10.0, 6.0, 2.0, 1.0])
+    p.add_argument("--note", default="", help="text put before the tables")
+    p.add_argument("--write", action="store_true", help="update bench/RESULTS.md")
+    args = p.parse_args()
+    body = (args.note + "\n\n" if args.note else "") + "\n".join(
+        report(d, d.name, args.levels) for d in args.run_dirs
+    )
+    print(body)
+    if args.write:
+        write_section(args.title, body, "uv run python " + " ".join(sys.argv))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
