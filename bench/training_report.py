@@ -17,6 +17,7 @@ import json
 import os
 import platform
 import re
+import shlex
 import sys
 from pathlib import Path
 
@@ -107,7 +108,11 @@ def main() -> int:
     )
     print(body)
     if args.write:
-        write_section(args.title, body, "uv run python " + " ".join(sys.argv))
+        argv = list(sys.argv)
+        if "--note" in argv:  # the note is printed in the section; keep the command short
+            k = argv.index("--note")
+            argv[k : k + 2] = ["--note", "…"]
+        write_section(args.title, body, "uv run python " + " ".join(shlex.quote(a) for a in argv))
     return 0
 
 
