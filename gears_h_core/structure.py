@@ -24,6 +24,9 @@ if TYPE_CHECKING:
 
 MAX_ATOMIC_NUMBER = 118
 MIN_DISTANCE = 0.1  # Å; closer atoms are rejected as overlapping
+#: positions and lattice vectors beyond this (Å) are refused: no real structure is that large,
+#: and the neighbour search fails hard (SIGFPE in vesin) around 1e9 Å
+MAX_COORDINATE = 1e5
 
 
 class StructureError(ValueError):
@@ -147,6 +150,14 @@ def validate_structure(structure: Structure, *, min_distance: float = MIN_DISTAN
         raise StructureError(f"atom {a}: position is not finite ({positions[a].tolist()})")
     if not np.all(np.isfinite(cell)):
         raise StructureError("cell: contains NaN or inf")
+    far = np.flatnonzero(np.abs(positions).max(axis=1) > MAX_COORDINATE)
+    if far.size:
+        a = int(far[0])
+        raise StructureError(
+            f"atom {a}: position {positions[a].tolist()} is beyond ±{MAX_COORDINATE:g} Å"
+        )
+    if np.abs(cell).max() > MAX_COORDINATE:
+        raise StructureError(f"cell: a lattice vector component is beyond ±{MAX_COORDINATE:g} Å")
     if np.any(pbc):
         periodic = cell[pbc]
         lengths = np.linalg.norm(periodic, axis=1)

@@ -68,7 +68,7 @@ def _flat(blocks: Sequence[np.ndarray]) -> np.ndarray:
 
 def _npz_bytes(**arrays: np.ndarray) -> bytes:
     buf = io.BytesIO()
-    np.savez(buf, **arrays)  # plain numeric arrays only: no pickle inside
+    np.savez(buf, **arrays)  # type: ignore[arg-type]  # plain numeric arrays: no pickle
     return buf.getvalue()
 
 

@@ -41,6 +41,31 @@ def _frames_to_structures(frames: object, source: str) -> list[Structure]:
     return out
 
 
+def _check_xyz_headers(text: str, source: str) -> None:
+    """Refuse frames that declare more atoms than lines follow.
+
+    ASE's extxyz reader skips ``n_atoms`` lines one by one before parsing, so a header such as
+    ``999999999999`` would keep a thread busy for hours. Walks the frames the way ASE does.
+    """
+    lines = text.split("\n")
+    pos, frame = 0, 0
+    while pos < len(lines) and lines[pos].strip():
+        try:
+            n_atoms = int(lines[pos])
+        except ValueError:
+            return  # not a header: ASE reports it
+        left = len(lines) - pos - 2
+        if n_atoms > max(left, 0):
+            raise StructureTextError(
+                f"{source} frame {frame}: header declares {n_atoms} atoms but only "
+                f"{max(left, 0)} line(s) follow"
+            )
+        pos += 2 + max(n_atoms, 0)
+        while pos < len(lines) and lines[pos].lstrip().startswith("VEC"):
+            pos += 1
+        frame += 1
+
+
 def parse_structures(fmt: str, text: str, *, source: str = "structure") -> list[Structure]:
     """Parse ``text`` in format ``fmt`` (``extxyz`` or ``cif``); one `Structure` per frame.
 
@@ -54,6 +79,8 @@ def parse_structures(fmt: str, text: str, *, source: str = "structure") -> list[
 
     from ase.io import read as ase_read
 
+    if fmt == "extxyz":
+        _check_xyz_headers(text, source)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
