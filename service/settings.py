@@ -7,6 +7,7 @@ arguments instead (unknown keywords are rejected).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -64,7 +65,11 @@ class Settings(BaseSettings):
         default=True, description="merge concurrent requests into one device call (off: one by one)"
     )
     compilation_cache_dir: Path | None = Field(
-        default=None, description="JAX persistent compilation cache directory (faster restarts)"
+        default_factory=lambda: (
+            Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "gears_h" / "jax"
+        ),
+        description="JAX persistent compilation cache directory (faster restarts; "
+        "default $XDG_CACHE_HOME/gears_h/jax or ~/.cache/gears_h/jax; empty: off)",
     )
     drain_seconds: float = Field(
         default=30.0, ge=0.0, description="on SIGTERM, longest wait for in-flight requests"
@@ -94,9 +99,9 @@ class Settings(BaseSettings):
         description="TESTS ONLY: sleep this long before every device call (warm-up included)",
     )
 
-    @field_validator("api_key", mode="before")
+    @field_validator("api_key", "compilation_cache_dir", mode="before")
     @classmethod
-    def _empty_key_is_none(cls, value: object) -> object:
+    def _empty_is_none(cls, value: object) -> object:
         if isinstance(value, str) and not value:
             return None
         return value

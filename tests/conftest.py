@@ -20,3 +20,18 @@ def shared_data() -> Path:
     if not DATA.is_dir():
         pytest.skip(f"shipped data not found at {DATA}")
     return DATA
+
+
+@pytest.fixture(scope="session")
+def jax_compile_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A JAX persistent compilation cache for tests that compile the same network more than
+    once (in-process or in subprocesses: pass ``JAX_COMPILATION_CACHE_DIR``). Compiling the
+    training step dominates those tests; identical programs are loaded from here instead.
+    ``GEARS_H_TEST_JAX_CACHE`` names a directory kept between sessions (never the repo)."""
+    import jax
+
+    kept = os.environ.get("GEARS_H_TEST_JAX_CACHE")
+    path = Path(kept) if kept else tmp_path_factory.mktemp("jax-compile-cache")
+    path.mkdir(parents=True, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    return path
