@@ -160,11 +160,17 @@ def cmd_infer(args: argparse.Namespace) -> int:
     from gears_h_core.io import exporters
     from gears_h_core.io.structures import read_structure_files
 
-    structures = read_structure_files(args.structures)
+    per_file = [(f, read_structure_files([f])) for f in args.structures]
+    structures = [s for _, frames in per_file for s in frames]
     with tempfile.TemporaryDirectory() as tmp:
         predictor = _load_predictor(args.model, Path(tmp))
-        for s in structures:  # unknown species fail before any compilation
-            predictor.check_species(s)
+        for f, frames in per_file:  # unknown species fail before any compilation
+            for k, s in enumerate(frames):
+                try:
+                    predictor.check_species(s)
+                except ValueError as exc:
+                    where = f if len(frames) == 1 else f"{f} frame {k}"
+                    raise CliError(f"{where}: {exc}") from exc
         results = []
         for s in structures:  # one at a time: identical to a lone POST /infer
             results.extend(predictor.predict([s], overlap=not args.no_overlap))
@@ -235,11 +241,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if result["S"] is not None:
         table.add_row("S mae", f"{result['S']['mae']:.3e}")
         table.add_row("S max", f"{result['S']['max']:.3e}")
-    if result["eigenvalues"] is not None:
-        table.add_row(
-            "eigenvalues MAE (±2 eV of E_F), meV",
-            f"{result['eigenvalues']['mae_meV_within_2eV_of_ef']:.4g}",
-        )
+    eig = result["eigenvalues"]
+    if eig is not None:
+        mae = eig["mae_meV_within_2eV_of_ef"]
+        table.add_row("eigenvalues MAE (±2 eV of E_F), meV", "—" if mae is None else f"{mae:.4g}")
+        if eig["failed"]:
+            table.add_row("S(k) not positive definite", ", ".join(eig["failed"]))
     for key, v in result["per_species_pair"].items():
         table.add_row(f"{key} H mae_meV", f"{v['H_mae_meV']:.4g}")
     console.print(table)

@@ -101,6 +101,9 @@ EIGEN_WINDOW_EV = 2.0
 def eigenvalue_errors(pred: SparseHamiltonian, labeled: LabeledStructure) -> np.ndarray:
     """|ε_pred − ε_DFT| (eV) of the states within ±2 eV of E_F, at Γ and the stored k point.
 
+    For molecules (HOMO and LUMO stored, E_F the midgap) the window is [HOMO − 2 eV,
+    LUMO + 2 eV], since ±2 eV around the midgap of a wide-gap molecule holds no state.
+
     The predicted problem uses the predicted H and S (the DFT S when the model has no S);
     the first ``len(eps)`` eigenvalues are compared, as in ``shared/data/README.md`` §2.5.
     Γ-only data sets and snapshots without reference eigenvalues give an empty array.
@@ -119,7 +122,15 @@ def eigenvalue_errors(pred: SparseHamiltonian, labeled: LabeledStructure) -> np.
             continue
         Hk, Sk = hamiltonian_at_k(pred, k)
         eig = generalized_eigvalsh(Hk, Sk)[: len(eps)]  # LinAlgError: S not pos. definite
-        window = np.abs(eps[: len(eig)] - ref.e_fermi) <= EIGEN_WINDOW_EV
+        ref_eps = eps[: len(eig)]
+        if ref.homo is not None and ref.lumo is not None:
+            # molecules: E_F is the midgap; a ±2 eV window around it can be empty (butanol's
+            # gap is ~6 eV), so take the frontier states: 2 eV below HOMO to 2 eV above LUMO
+            window = (ref_eps >= ref.homo - EIGEN_WINDOW_EV) & (
+                ref_eps <= ref.lumo + EIGEN_WINDOW_EV
+            )
+        else:
+            window = np.abs(ref_eps - ref.e_fermi) <= EIGEN_WINDOW_EV
         errors.append(np.abs(eig - eps[: len(eig)])[window])
     return np.concatenate(errors) if errors else np.zeros(0)
 
@@ -166,10 +177,10 @@ def evaluate_predictions(
         },
         "S": None if s is None else {"mae": s["mae"], "max": s["max"]},
         "eigenvalues": None
-        if eig.size == 0
+        if eig.size == 0 and not eig_failed
         else {
-            "mae_meV_within_2eV_of_ef": 1000.0 * float(eig.mean()),
-            "max_meV_within_2eV_of_ef": 1000.0 * float(eig.max()),
+            "mae_meV_within_2eV_of_ef": 1000.0 * float(eig.mean()) if eig.size else None,
+            "max_meV_within_2eV_of_ef": 1000.0 * float(eig.max()) if eig.size else None,
             "n_states": int(eig.size),
             "failed": eig_failed,
         },

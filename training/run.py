@@ -247,7 +247,11 @@ def train(config: Config, *, resume: bool = False, log: Logger | None = None) ->
     cfg_path = config.run_dir / "config.yaml"
     if resume and cfg_path.is_file():
         saved = Config.model_validate(yaml.safe_load(cfg_path.read_text()))
-        if saved.model != config.model or saved.data != config.data:
+        # the saved model config carries avg_num_neighbors from the analysis
+        same_model = saved.model == replace(
+            config.model, avg_num_neighbors=saved.model.avg_num_neighbors
+        )
+        if not same_model or saved.data != config.data:
             raise RunError(f"{cfg_path}: --resume with a different model or data config")
     run = setup(config)
     _write_atomic(cfg_path, yaml.safe_dump(run.config.model_dump(mode="json"), sort_keys=False))
