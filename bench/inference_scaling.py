@@ -36,12 +36,9 @@ says so.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import math
 import os
-import platform
-import re
 import resource
 import shlex
 import subprocess
@@ -51,8 +48,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from results_file import RESULTS, write_section
+
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 DATA = Path(os.environ.get("GEARS_H_SHARED_DATA", ROOT.parent / "shared" / "data"))
 SECTION = "Inference scaling"
 W, SE = 74, 34
@@ -383,35 +381,6 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, " + (
-        f"load average {load:.1f} at the end"
-    )
-
-
-def write_section(body: str, command: str) -> None:
-    header = "# Benchmark results\n\nEach section: machine, command, date, then the figures.\n"
-    text = RESULTS.read_text() if RESULTS.exists() else header
-    stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    section = (
-        f"## {SECTION}\n\nmachine: {machine()}  \ncommand: `{command}`  \ndate: {stamp}\n\n{body}\n"
-    )
-    pattern = re.compile(rf"^## {re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    text = pattern.sub(lambda _: section, text) if pattern.search(text) else text + "\n" + section
-    tmp = RESULTS.with_suffix(".tmp")
-    tmp.write_text(text)
-    tmp.replace(RESULTS)
-
-
 NOTE = (
     "Every row is one fresh process: load the bundle, build the supercell and its graph, "
     "split it into chunks (core atoms + a halo of pair cutoff + n_interactions edge hops) "
@@ -485,7 +454,7 @@ def main(argv: list[str] | None = None) -> int:
         command = "uv run python bench/inference_scaling.py " + " ".join(
             shlex.quote(a) for a in shown
         )
-        write_section(body, command.strip())
+        write_section(SECTION, body, command.strip())
         print(f"wrote section '{SECTION}' of {RESULTS}")
     return 0
 

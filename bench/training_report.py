@@ -11,34 +11,18 @@ in ``bench/RESULTS.md`` (machine, command and date included).
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import itertools
 import json
-import os
-import platform
-import re
 import shlex
 import sys
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+from results_file import write_section
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x]
     return sorted(rows, key=lambda r: r["epoch"])
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}"
 
 
 def report(run_dir: Path, title: str, levels: list[float]) -> str:
@@ -79,20 +63,6 @@ def report(run_dir: Path, title: str, levels: list[float]) -> str:
         when = f"{hit['wall_s'] / 60:.1f} min (epoch {hit['epoch']})" if hit else "not reached"
         lines.append(f"time to {level:g} meV: {when}.")
     return "\n".join(lines) + "\n"
-
-
-def write_section(title: str, body: str, command: str) -> None:
-    header = "# Benchmark results\n\nEach section: machine, command, date, then the figures.\n"
-    text = RESULTS.read_text() if RESULTS.exists() else header
-    stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    section = (
-        f"## {title}\n\nmachine: {machine()}  \ncommand: `{command}`  \ndate: {stamp}\n\n{body}\n"
-    )
-    pattern = re.compile(rf"^## {re.escape(title)}\n.*?(?=^## |\Z)", re.S | re.M)
-    text = pattern.sub(lambda _: section, text) if pattern.search(text) else text + "\n" + section
-    tmp = RESULTS.with_suffix(".tmp")
-    tmp.write_text(text)
-    tmp.replace(RESULTS)
 
 
 def main() -> int:

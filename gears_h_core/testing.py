@@ -152,6 +152,48 @@ def random_params(model: Any, batch: Any, constants: Any, rng: np.random.Generat
     )
 
 
+def random_bundle(
+    basis: Any,
+    config: ModelConfig,
+    ladder: Any,
+    pair_cutoff: float,
+    *,
+    name: str = "tiny-random",
+    metadata: dict[str, Any] | None = None,
+) -> Any:
+    """A `ModelBundle` with `random_params` (seed 0) and `random_statistics` (seed 1).
+
+    Args:
+        basis: `OrbitalBasis` of every species of the model.
+        ladder: `BucketLadder` stored in the bundle.
+        pair_cutoff: hopping cutoff of every species pair (Å).
+    """
+    from gears_h_core.io.bundle import ModelBundle
+    from gears_h_core.model.hamiltonian import HamiltonianModel, ModelConstants
+    from gears_h_core.model.layout import OutputLayout
+    from gears_h_core.predict import batch_spec, params_to_flat
+
+    layout = OutputLayout.create(basis, basis.species)
+    stats = random_statistics(layout, np.random.default_rng(1), pair_cutoff=pair_cutoff)
+    model = HamiltonianModel(config, layout.n_species, layout.onsite_irreps, layout.hopping_irreps)
+    constants = ModelConstants.create(layout, stats)
+    params = random_params(
+        model, batch_spec(ladder.buckets[0]), constants, np.random.default_rng(0)
+    )
+    species = layout.species
+    return ModelBundle(
+        name=name,
+        config=config,
+        basis=basis,
+        species=species,
+        pair_cutoff={(a, b): pair_cutoff for a in species for b in species if a <= b},
+        params=params_to_flat(params),
+        statistics=stats.to_numpy(),
+        ladder=ladder.to_dict(),
+        metadata=dict(metadata or {}),
+    )
+
+
 # --------------------------------------------------------------------------------------------
 # Asserts on predicted block matrices (H or S of a `SparseHamiltonian`)
 # --------------------------------------------------------------------------------------------

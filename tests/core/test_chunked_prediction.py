@@ -18,15 +18,12 @@ from gears_h_core.graph.chunking import GraphChunker, fitted_bucket, pad_chunk
 from gears_h_core.graph.neighbors import build_neighbor_graph
 from gears_h_core.graph.padding import Bucket, BucketLadder, BucketOverflowError, pad_graphs
 from gears_h_core.io.bundle import ModelBundle
-from gears_h_core.model.hamiltonian import HamiltonianModel, ModelConstants
-from gears_h_core.model.layout import OutputLayout
-from gears_h_core.predict import Predictor, params_to_flat
+from gears_h_core.predict import Predictor
 from gears_h_core.structure import Structure
 from gears_h_core.testing import (
     assert_block_matrices_close,
     assert_hermitian,
-    random_params,
-    random_statistics,
+    random_bundle,
     tiny_model_config,
 )
 
@@ -64,23 +61,8 @@ class Setup:
 
 @pytest.fixture(scope="module")
 def setup() -> Setup:
-    layout = OutputLayout.create(BASIS, BASIS.species)
-    stats = random_statistics(layout, np.random.default_rng(1), pair_cutoff=PAIR_CUTOFF)
-    model = HamiltonianModel(CONFIG, layout.n_species, layout.onsite_irreps, layout.hopping_irreps)
-    constants = ModelConstants.create(layout, stats)
-    graph = build_neighbor_graph(hbn_sheet(2, 1), CONFIG.edge_cutoff, PAIR_CUTOFF)
-    batch, _ = pad_graphs([graph], SMALL.buckets[0])
-    params = random_params(model, batch, constants, np.random.default_rng(0))
-    bundle = ModelBundle(
-        name="tiny-random-bn",
-        config=CONFIG,
-        basis=BASIS,
-        species=BASIS.species,
-        pair_cutoff={(B, B): PAIR_CUTOFF, (B, N): PAIR_CUTOFF, (N, N): PAIR_CUTOFF},
-        params=params_to_flat(params),
-        statistics=stats.to_numpy(),
-        ladder=SMALL.to_dict(),
-        metadata={"purpose": "chunking tests"},
+    bundle = random_bundle(
+        BASIS, CONFIG, SMALL, PAIR_CUTOFF, name="tiny-random-bn", metadata={"purpose": "chunking"}
     )
     return Setup(bundle, Predictor(bundle), Predictor(bundle, ladder=WHOLE))
 

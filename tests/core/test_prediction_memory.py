@@ -42,34 +42,14 @@ def _sheet(nx: int, ny: int):  # -> Structure
 
 def _predictor():  # -> Predictor
     from gears_h_core.basis.orbitals import OrbitalBasis
-    from gears_h_core.graph.neighbors import build_neighbor_graph
-    from gears_h_core.graph.padding import BucketLadder, pad_graphs
-    from gears_h_core.io.bundle import ModelBundle
-    from gears_h_core.model.hamiltonian import HamiltonianModel, ModelConstants
-    from gears_h_core.model.layout import OutputLayout
-    from gears_h_core.predict import Predictor, params_to_flat
-    from gears_h_core.testing import random_params, random_statistics, tiny_model_config
+    from gears_h_core.graph.padding import BucketLadder
+    from gears_h_core.predict import Predictor
+    from gears_h_core.testing import random_bundle, tiny_model_config
 
     basis = OrbitalBasis({B: (0, 1, 0, 1, 2), N: (0, 1, 0, 1, 2)})
     config = tiny_model_config()
     ladder = BucketLadder(64, 500, 2.0, edges_per_atom=16, pairs_per_atom=32)
-    layout = OutputLayout.create(basis, basis.species)
-    stats = random_statistics(layout, np.random.default_rng(1), pair_cutoff=PAIR_CUTOFF)
-    model = HamiltonianModel(config, layout.n_species, layout.onsite_irreps, layout.hopping_irreps)
-    constants = ModelConstants.create(layout, stats)
-    graph = build_neighbor_graph(_sheet(2, 1), config.edge_cutoff, PAIR_CUTOFF)
-    batch, _ = pad_graphs([graph], ladder.buckets[0])
-    bundle = ModelBundle(
-        name="tiny-random-bn",
-        config=config,
-        basis=basis,
-        species=basis.species,
-        pair_cutoff={(B, B): PAIR_CUTOFF, (B, N): PAIR_CUTOFF, (N, N): PAIR_CUTOFF},
-        params=params_to_flat(random_params(model, batch, constants, np.random.default_rng(0))),
-        statistics=stats.to_numpy(),
-        ladder=ladder.to_dict(),
-        metadata={},
-    )
+    bundle = random_bundle(basis, config, ladder, PAIR_CUTOFF, name="tiny-random-bn")
     return Predictor(bundle)
 
 

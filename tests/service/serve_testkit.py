@@ -47,38 +47,16 @@ def build_tiny_bundle(path: Path) -> Path:
     Built like tests/core/model/test_model_properties.py does, with a cheaper network.
     """
     from gears_h_core.basis.orbitals import OrbitalBasis
-    from gears_h_core.graph.neighbors import build_neighbor_graph
-    from gears_h_core.graph.padding import BucketLadder, pad_graphs
-    from gears_h_core.io.bundle import ModelBundle, save_bundle
-    from gears_h_core.model.hamiltonian import HamiltonianModel, ModelConstants
-    from gears_h_core.model.layout import OutputLayout
-    from gears_h_core.predict import params_to_flat
-    from gears_h_core.structure import Structure
-    from gears_h_core.testing import random_params, random_statistics, tiny_model_config
+    from gears_h_core.graph.padding import BucketLadder
+    from gears_h_core.io.bundle import save_bundle
+    from gears_h_core.testing import random_bundle, tiny_model_config
 
     basis = OrbitalBasis({H: (0,), B: (0, 1), C: (0, 0, 1), N: (0, 1), O: (0, 1)})
     irreps = "8x0e+4x1o+4x1e+2x2e+2x2o"
     config = tiny_model_config(node_irreps=irreps, pair_irreps=irreps, sh_lmax=2, n_interactions=1)
     ladder = BucketLadder.from_dict(LADDER)
-    species = basis.species
-    layout = OutputLayout.create(basis, species)
-    stats = random_statistics(layout, np.random.default_rng(1), pair_cutoff=PAIR_CUTOFF)
-    model = HamiltonianModel(config, layout.n_species, layout.onsite_irreps, layout.hopping_irreps)
-    constants = ModelConstants.create(layout, stats)
-    example = Structure.from_ase(formaldehyde())
-    graph = build_neighbor_graph(example, config.edge_cutoff, PAIR_CUTOFF)
-    batch, _ = pad_graphs([graph], ladder.buckets[0])
-    params = random_params(model, batch, constants, np.random.default_rng(0))
-    bundle = ModelBundle(
-        name="tiny-random",
-        config=config,
-        basis=basis,
-        species=species,
-        pair_cutoff={(a, b): PAIR_CUTOFF for a in species for b in species if a <= b},
-        params=params_to_flat(params),
-        statistics=stats.to_numpy(),
-        ladder=ladder.to_dict(),
-        metadata={"purpose": "service tests"},
+    bundle = random_bundle(
+        basis, config, ladder, PAIR_CUTOFF, metadata={"purpose": "service tests"}
     )
     return save_bundle(bundle, path)
 

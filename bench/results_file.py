@@ -1,0 +1,47 @@
+"""bench/RESULTS.md: one section per benchmark, each with machine, command and date.
+
+Shared by the bench scripts (``from results_file import write_section``; they run as
+``python bench/<script>.py``, so this folder is on ``sys.path``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import platform
+import re
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+HEADER = "# Benchmark results\n\nEach section: machine, command, date, then the figures.\n"
+
+
+def machine() -> str:
+    """CPU model, core count, OS and the current load average (these machines are shared)."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return (
+        f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, "
+        f"load average {load:.1f} at the end"
+    )
+
+
+def write_section(title: str, body: str, command: str) -> None:
+    """Replace (or append) the ``## title`` section of RESULTS.md, atomically."""
+    text = RESULTS.read_text() if RESULTS.exists() else HEADER
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    section = (
+        f"## {title}\n\nmachine: {machine()}  \ncommand: `{command}`  \ndate: {stamp}\n\n{body}\n"
+    )
+    pattern = re.compile(rf"^## {re.escape(title)}\n.*?(?=^## |\Z)", re.S | re.M)
+    text = pattern.sub(lambda _: section, text) if pattern.search(text) else text + "\n" + section
+    tmp = RESULTS.with_suffix(".tmp")
+    tmp.write_text(text)
+    tmp.replace(RESULTS)
