@@ -268,6 +268,7 @@ def train(config: Config, *, resume: bool = False, log: Logger | None = None) ->
     state = init_state(run, tx)
     ckpt = RunCheckpoints(run.config.run_dir, tcfg.keep_checkpoints)
     start_epoch = 1
+    wall_before = 0.0
     metrics_path = run.config.run_dir / "metrics.jsonl"
     if resume:
         restored = ckpt.restore_latest(state)
@@ -282,6 +283,8 @@ def train(config: Config, *, resume: bool = False, log: Logger | None = None) ->
                     if row and json.loads(row)["epoch"] <= last
                 ]
                 _write_atomic(metrics_path, "".join(k + "\n" for k in keep))
+                if keep:  # wall time (and max_minutes) counts the whole run, across resumes
+                    wall_before = float(json.loads(keep[-1]).get("wall_s", 0.0))
     elif metrics_path.exists():
         metrics_path.unlink()
     parallel = DataParallel.create(tcfg.batch_size)
@@ -289,7 +292,7 @@ def train(config: Config, *, resume: bool = False, log: Logger | None = None) ->
     constants = parallel.replicate(run.constants)
     step_fn = make_train_step(run.model, tx, weights, tcfg.ema_decay)
     apply = jax.jit(run.model.apply)
-    t_start = time.monotonic()
+    t_start = time.monotonic() - wall_before
     last_metrics: dict[str, Any] = {}
     for epoch in range(start_epoch, tcfg.epochs + 1):
         t0 = time.monotonic()
