@@ -33,12 +33,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gears_h_core.graph.neighbors import pair_keys, pair_partner_index
+from gears_h_core.graph.neighbors import pair_partner_index
 from gears_h_core.graph.padding import (
-    PAD_VECTOR_LENGTH,
     Bucket,
     BucketOverflowError,
     GraphBatch,
+    padded_index,
+    padded_mask,
+    padded_vectors,
 )
 from gears_h_core.structure import Structure
 from gears_h_core.types import NeighborGraph
@@ -118,7 +120,7 @@ class GraphChunker:
         self._pair_j = np.asarray(graph.pair_j, dtype=np.int64)
         self._edges_by_i = _csr(self._edge_i, n)
         self._pairs_by_i = _csr(self._pair_i, n)
-        self.partner = _partners(graph)
+        self.partner = pair_partner_index(graph.pair_i, graph.pair_j, graph.pair_shift)
         # scratch, always reset to -1 after use
         self._local = np.full(n, -1, dtype=np.int64)
 
@@ -290,56 +292,23 @@ def pad_chunk(chunk: Chunk, bucket: Bucket) -> GraphBatch:
         )
     dummy_node, dummy_graph = bucket.n_nodes - 1, bucket.n_graphs - 1
 
-    def index(real: np.ndarray, size: int, fill: int) -> np.ndarray:
-        out = np.full(size, fill, dtype=np.int32)
-        out[: real.shape[0]] = real
-        return out
-
-    def vectors(real: np.ndarray, size: int) -> np.ndarray:
-        out = np.zeros((size, 3), dtype=np.float32)
-        out[:, 2] = PAD_VECTOR_LENGTH
-        out[: real.shape[0]] = real
-        return out
-
-    def mask(n_real: int, size: int) -> np.ndarray:
-        return np.arange(size) < n_real
-
     partner = np.arange(bucket.n_pairs, dtype=np.int32)
     partner[: g.n_pairs] = chunk.partner
     return GraphBatch(
-        numbers=index(g.structure.numbers, bucket.n_nodes, 0),
-        node_mask=mask(g.n_atoms, bucket.n_nodes),
-        node_graph=index(np.zeros(g.n_atoms, np.int32), bucket.n_nodes, dummy_graph),
-        edge_i=index(g.edge_i, bucket.n_edges, dummy_node),
-        edge_j=index(g.edge_j, bucket.n_edges, dummy_node),
-        edge_vec=vectors(g.edge_vec, bucket.n_edges),
-        edge_mask=mask(g.n_edges, bucket.n_edges),
-        pair_i=index(g.pair_i, bucket.n_pairs, dummy_node),
-        pair_j=index(g.pair_j, bucket.n_pairs, dummy_node),
-        pair_vec=vectors(g.pair_vec, bucket.n_pairs),
-        pair_mask=mask(g.n_pairs, bucket.n_pairs),
+        numbers=padded_index(g.structure.numbers, bucket.n_nodes, 0),
+        node_mask=padded_mask(g.n_atoms, bucket.n_nodes),
+        node_graph=padded_index(np.zeros(g.n_atoms, np.int32), bucket.n_nodes, dummy_graph),
+        edge_i=padded_index(g.edge_i, bucket.n_edges, dummy_node),
+        edge_j=padded_index(g.edge_j, bucket.n_edges, dummy_node),
+        edge_vec=padded_vectors(g.edge_vec, bucket.n_edges),
+        edge_mask=padded_mask(g.n_edges, bucket.n_edges),
+        pair_i=padded_index(g.pair_i, bucket.n_pairs, dummy_node),
+        pair_j=padded_index(g.pair_j, bucket.n_pairs, dummy_node),
+        pair_vec=padded_vectors(g.pair_vec, bucket.n_pairs),
+        pair_mask=padded_mask(g.n_pairs, bucket.n_pairs),
         pair_partner=partner,
-        graph_mask=mask(1, bucket.n_graphs),
+        graph_mask=padded_mask(1, bucket.n_graphs),
     )
-
-
-def _partners(graph: NeighborGraph) -> np.ndarray:
-    """`pair_partner_index` of the graph's pairs, by sorting one int64 key per row (falls
-    back to the general version for shifts beyond ±127)."""
-    try:
-        keys = pair_keys(graph.n_atoms, graph.pair_i, graph.pair_j, graph.pair_shift)
-        wanted = pair_keys(graph.n_atoms, graph.pair_j, graph.pair_i, -graph.pair_shift)
-    except ValueError:
-        return pair_partner_index(graph.pair_i, graph.pair_j, graph.pair_shift)
-    order = np.argsort(keys)
-    sorted_keys = keys[order]
-    pos = np.minimum(np.searchsorted(sorted_keys, wanted), max(keys.shape[0] - 1, 0))
-    if keys.shape[0] and not (
-        np.array_equal(sorted_keys[pos], wanted) and np.all(np.diff(sorted_keys) > 0)
-    ):
-        # a missing partner or a repeated row: the general version names it
-        return pair_partner_index(graph.pair_i, graph.pair_j, graph.pair_shift)
-    return order[pos].astype(np.int64)
 
 
 def _bisect(

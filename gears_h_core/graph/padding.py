@@ -338,20 +338,20 @@ def _offsets(counts: np.ndarray) -> np.ndarray:
     return np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
 
 
-def _padded_index(real: np.ndarray, size: int, fill: int) -> np.ndarray:
+def padded_index(real: np.ndarray, size: int, fill: int) -> np.ndarray:
     out = np.full(size, fill, dtype=np.int32)
     out[: real.shape[0]] = real
     return out
 
 
-def _padded_vec(real: np.ndarray, size: int) -> np.ndarray:
+def padded_vectors(real: np.ndarray, size: int) -> np.ndarray:
     out = np.zeros((size, 3), dtype=np.float32)
     out[:, 2] = PAD_VECTOR_LENGTH
     out[: real.shape[0]] = real.astype(np.float32)
     return out
 
 
-def _padded_mask(n_real: int, size: int) -> np.ndarray:
+def padded_mask(n_real: int, size: int) -> np.ndarray:
     return np.arange(size) < n_real
 
 
@@ -401,21 +401,21 @@ def pad_graphs(graphs: Sequence[NeighborGraph], bucket: Bucket) -> tuple[GraphBa
     pair_vec = np.concatenate([np.reshape(g.pair_vec, (-1, 3)) for g in graphs])
 
     batch = GraphBatch(
-        numbers=_padded_index(numbers, bucket.n_nodes, 0),
-        node_mask=_padded_mask(n_real_atoms, bucket.n_nodes),
-        node_graph=_padded_index(node_graph, bucket.n_nodes, dummy_graph),
-        edge_i=_padded_index(edge_i, bucket.n_edges, dummy_node),
-        edge_j=_padded_index(edge_j, bucket.n_edges, dummy_node),
-        edge_vec=_padded_vec(edge_vec, bucket.n_edges),
-        edge_mask=_padded_mask(n_real_edges, bucket.n_edges),
-        pair_i=_padded_index(pair_i, bucket.n_pairs, dummy_node),
-        pair_j=_padded_index(pair_j, bucket.n_pairs, dummy_node),
-        pair_vec=_padded_vec(pair_vec, bucket.n_pairs),
-        pair_mask=_padded_mask(n_real_pairs, bucket.n_pairs),
+        numbers=padded_index(numbers, bucket.n_nodes, 0),
+        node_mask=padded_mask(n_real_atoms, bucket.n_nodes),
+        node_graph=padded_index(node_graph, bucket.n_nodes, dummy_graph),
+        edge_i=padded_index(edge_i, bucket.n_edges, dummy_node),
+        edge_j=padded_index(edge_j, bucket.n_edges, dummy_node),
+        edge_vec=padded_vectors(edge_vec, bucket.n_edges),
+        edge_mask=padded_mask(n_real_edges, bucket.n_edges),
+        pair_i=padded_index(pair_i, bucket.n_pairs, dummy_node),
+        pair_j=padded_index(pair_j, bucket.n_pairs, dummy_node),
+        pair_vec=padded_vectors(pair_vec, bucket.n_pairs),
+        pair_mask=padded_mask(n_real_pairs, bucket.n_pairs),
         pair_partner=np.concatenate([pair_partner, np.arange(n_real_pairs, bucket.n_pairs)]).astype(
             np.int32
         ),
-        graph_mask=_padded_mask(n_real_graphs, bucket.n_graphs),
+        graph_mask=padded_mask(n_real_graphs, bucket.n_graphs),
     )
     layout = BatchLayout(
         bucket=bucket,
