@@ -32,20 +32,19 @@ import asyncio
 import gc
 import os
 import shlex
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import msgpack
 import numpy as np
 from results_file import write_section
+
+from service.testing import ServeProcess, random_serving_bundle
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("GEARS_H_SHARED_DATA", ROOT.parent / "shared" / "data"))
@@ -56,28 +55,14 @@ CONTENT_TYPE = "application/vnd.msgpack"
 # -- model ---------------------------------------------------------------------------------------
 
 
-def build_random_bundle(path: Path) -> Path:
-    """A small random-parameter bundle that knows H, B, C, N, O, ladder up to 128 atoms."""
-    from gears_h_core.basis.orbitals import OrbitalBasis
-    from gears_h_core.graph.padding import BucketLadder
-    from gears_h_core.io.bundle import save_bundle
-    from gears_h_core.testing import random_bundle, tiny_model_config
-
-    basis = OrbitalBasis({1: (0,), 5: (0, 1), 6: (0, 0, 1), 7: (0, 1), 8: (0, 1)})
-    irreps = "8x0e+4x1o+4x1e+2x2e+2x2o"
-    config = tiny_model_config(node_irreps=irreps, pair_irreps=irreps, sh_lmax=2, n_interactions=1)
-    ladder = BucketLadder.from_dict(
-        {
-            "min_atoms": 16,
-            "max_atoms": 128,
-            "ratio": 2.9,
-            "edges_per_atom": 32,
-            "pairs_per_atom": 48,
-            "max_graphs": 16,
-        }
-    )
-    bundle = random_bundle(basis, config, ladder, 4.0, name="bench-random")
-    return save_bundle(bundle, path)
+RANDOM_LADDER = {
+    "min_atoms": 16,
+    "max_atoms": 128,
+    "ratio": 2.9,
+    "edges_per_atom": 32,
+    "pairs_per_atom": 48,
+    "max_graphs": 16,
+}
 
 
 def resolve_model(spec: str, wait_s: float, tmp: Path) -> tuple[Path, str]:
@@ -85,7 +70,7 @@ def resolve_model(spec: str, wait_s: float, tmp: Path) -> tuple[Path, str]:
     from gears_h_core.io.model_source import DEFAULT_MODEL, default_bundle_path, resolve_bundle_path
 
     if spec == "random":
-        path = build_random_bundle(tmp / "random_bundle")
+        path = random_serving_bundle(tmp / "random_bundle", RANDOM_LADDER, name="bench-random")
         return path, "random-parameter bundle (tiny architecture, timings only)"
     if spec == DEFAULT_MODEL:
         end = time.monotonic() + wait_s
@@ -126,74 +111,6 @@ def body(text: str) -> bytes:
 
 
 # -- server process ------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@dataclass
-class Server:
-    env: dict[str, str]
-    log_path: Path
-    port: int = field(default_factory=free_port)
-    start_s: float = float("nan")  # process start -> ready
-
-    def __post_init__(self) -> None:
-        full = {k: v for k, v in os.environ.items() if not k.startswith("GEARS_H_")}
-        full.update(
-            {
-                "GEARS_H_HOST": "127.0.0.1",
-                "GEARS_H_PORT": str(self.port),
-                "GEARS_H_GRPC_PORT": "0",
-                "GEARS_H_LOG_LEVEL": "warning",
-                "PYTHONUNBUFFERED": "1",
-            }
-        )
-        full.update(self.env)
-        self._log = self.log_path.open("wb")
-        self.t0 = time.monotonic()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "service.main"],
-            cwd=ROOT,
-            env=full,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def wait_ready(self, timeout: float = 1200) -> float:
-        end = self.t0 + timeout
-        while time.monotonic() < end:
-            if self.proc.poll() is not None:
-                tail = self.log_path.read_text(errors="replace")[-3000:]
-                raise RuntimeError(f"server exited ({self.proc.returncode}):\n{tail}")
-            try:
-                if httpx.get(self.url + "/v2/health/ready", timeout=5).status_code == 200:
-                    self.start_s = time.monotonic() - self.t0
-                    return self.start_s
-            except httpx.TransportError:
-                pass
-            time.sleep(0.05)
-        raise RuntimeError(f"server not ready after {timeout} s")
-
-    def rss_mib(self) -> float:
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-        return float("nan")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        self._log.close()
 
 
 # -- measurements --------------------------------------------------------------------------------
@@ -334,7 +251,7 @@ async def closed_loop(
 
 
 async def open_loop(
-    server: Server, payloads: list[bytes], rate: float, seconds: float, max_in_flight: int
+    server: ServeProcess, payloads: list[bytes], rate: float, seconds: float, max_in_flight: int
 ) -> dict[str, object]:
     """Arrivals at ``rate``/s (fixed spacing) for ``seconds``; statuses, latencies, RSS."""
     url = server.url
@@ -436,7 +353,11 @@ def main(argv: list[str] | None = None) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="gearsh_load_"))
     bundle, model_desc = resolve_model(args.model, args.wait_model, tmp)
     cache = tmp / "jax_cache"  # empty: the first server start is cold
-    base = {"GEARS_H_MODEL": str(bundle), "GEARS_H_COMPILATION_CACHE_DIR": str(cache)}
+    base = {
+        "GEARS_H_MODEL": str(bundle),
+        "GEARS_H_COMPILATION_CACHE_DIR": str(cache),
+        "GEARS_H_LOG_LEVEL": "warning",
+    }
     if args.ladder_max_atoms is not None:
         base["GEARS_H_LADDER_MAX_ATOMS"] = str(args.ladder_max_atoms)
     hbn = hbn_100()
@@ -448,21 +369,21 @@ def main(argv: list[str] | None = None) -> None:
         print(line, flush=True)
         lines.append(line)
 
-    servers: list[Server] = []
+    servers: list[ServeProcess] = []
     try:
         # 4 (first half) + 1: cold start of the batching server; direct predictor meanwhile
         # would compete for the cores, so it runs before.
         direct_s, n_atoms = direct_latency(bundle, hbn, n_seq, args.ladder_max_atoms)
         print(f"direct predictor: {ms(direct_s)} ms for {n_atoms} atoms", flush=True)
 
-        cold = Server(dict(base), tmp / "cold.log")
+        cold = ServeProcess(dict(base), tmp / "cold.log", grpc=False)
         servers.append(cold)
-        cold_s = cold.wait_ready()
+        cold_s = cold.wait_ready(timeout=1200)
         cold.stop()
         cache_files = sum(1 for f in cache.rglob("*") if f.is_file())
-        warm = Server(dict(base), tmp / "warm.log")
+        warm = ServeProcess(dict(base), tmp / "warm.log", grpc=False)
         servers.append(warm)
-        warm_s = warm.wait_ready()
+        warm_s = warm.wait_ready(timeout=1200)
         print(f"start: cold {cold_s:.1f} s, warm {warm_s:.1f} s", flush=True)
         batched = warm  # default settings, batching on
         seq_on = asyncio.run(sequential(batched.url, hbn_body, n_seq))
@@ -472,9 +393,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"batching on: {tp_on['rps']:.1f} req/s", flush=True)
         batched.stop()
 
-        single = Server({**base, "GEARS_H_BATCHING": "false"}, tmp / "single.log")
+        single = ServeProcess({**base, "GEARS_H_BATCHING": "false"}, tmp / "single.log", grpc=False)
         servers.append(single)
-        single.wait_ready()
+        single.wait_ready(timeout=1200)
         seq_off = asyncio.run(sequential(single.url, hbn_body, n_seq))
         b0 = batch_totals(single.url)
         tp_off = asyncio.run(closed_loop(single.url, mols, args.concurrency, tp_s, tp_n))
@@ -482,9 +403,11 @@ def main(argv: list[str] | None = None) -> None:
         print(f"batching off: {tp_off['rps']:.1f} req/s", flush=True)
         single.stop()
 
-        sat_server = Server({**base, "GEARS_H_MAX_QUEUE": str(args.queue)}, tmp / "sat.log")
+        sat_server = ServeProcess(
+            {**base, "GEARS_H_MAX_QUEUE": str(args.queue)}, tmp / "sat.log", grpc=False
+        )
         servers.append(sat_server)
-        sat_server.wait_ready()
+        sat_server.wait_ready(timeout=1200)
         rate = 2 * tp_on["rps"]
         sat = asyncio.run(open_loop(sat_server, mols, rate, sat_s, max_in_flight=512))
         sat_server.stop()
