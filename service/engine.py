@@ -257,11 +257,15 @@ class Engine:
                 if self._closing:
                     return
                 predictor.executable(bucket)
-                prepared = predictor.prepare_graphs([probe], bucket)
-                self._debug_delay()
-                predictor.run(prepared)
                 if self.phase is Phase.WARMING:
                     self._set_phase(Phase.WARMING, f"compiled {k + 1}/{len(buckets)} buckets")
+            # Every bucket is compiled (or loaded from the persistent cache) above; running a
+            # bucket only proves the executable works, so by default only the smallest runs.
+            for bucket in buckets if self.settings.warmup_run == "all" else buckets[:1]:
+                if self._closing:
+                    return
+                self._debug_delay()
+                predictor.run(predictor.prepare_graphs([probe], bucket))
             if self._closing:
                 return
             batcher.start()

@@ -43,6 +43,7 @@ def slow_server(
             "GEARS_H_DEBUG_DELAY_MS": str(DELAY_MS),
             "GEARS_H_MAX_QUEUE": str(MAX_QUEUE),
             "GEARS_H_DRAIN_SECONDS": "25",
+            "GEARS_H_WARMUP_RUN": "all",
         },
         tmp_path_factory.mktemp("logs") / "slow-server.log",
     )
