@@ -89,7 +89,9 @@ def body_kind(content_type: str | None) -> BodyKind:
 def configure_jax(settings: Settings) -> None:
     """Process-wide JAX options from the settings (called at start-up, never at import)."""
     if settings.gpu_memory_fraction is not None:
-        os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", str(settings.gpu_memory_fraction))
+        # the explicit setting wins over an inherited XLA_PYTHON_CLIENT_MEM_FRACTION (an
+        # image default, say); JAX reads it when its backend starts, which is after this
+        os.environ["XLA_PYTHON_CLIENT_MEM_FRACTION"] = str(settings.gpu_memory_fraction)
     if settings.compilation_cache_dir is not None:
         import jax
 
