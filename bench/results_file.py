@@ -38,10 +38,15 @@ def write_section(title: str, body: str, command: str) -> None:
     text = RESULTS.read_text() if RESULTS.exists() else HEADER
     stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     section = (
-        f"## {title}\n\nmachine: {machine()}  \ncommand: `{command}`  \ndate: {stamp}\n\n{body}\n"
+        f"## {title}\n\nmachine: {machine()}  \ncommand: `{command}`  \ndate: {stamp}\n\n"
+        f"{body.strip()}\n\n"
     )
     pattern = re.compile(rf"^## {re.escape(title)}\n.*?(?=^## |\Z)", re.S | re.M)
-    text = pattern.sub(lambda _: section, text) if pattern.search(text) else text + "\n" + section
+    if pattern.search(text):
+        text = pattern.sub(lambda _: section, text)
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    text = text.rstrip("\n") + "\n"
     tmp = RESULTS.with_suffix(".tmp")
     tmp.write_text(text)
     tmp.replace(RESULTS)
