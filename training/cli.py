@@ -2,9 +2,10 @@
 
 Every command has ``--help``; bad input exits with status 2 and a one-line reason on stderr
 (no traceback). Commands: ``template``, ``validate``, ``analyze``, ``train``, ``export``,
-``infer``, ``evaluate``. A MODEL argument is a bundle directory, a training run directory
-(exported on the fly from its best checkpoint) or ``default`` (the bundle shipped in the
-package).
+``infer``, ``evaluate``, ``datagen`` (DFT data from PySCF / GPAW, extra ``[dft]``), ``bands``
+and ``dos`` (electronic structure from predicted H(k), S(k)). A MODEL argument is a bundle
+directory, a training run directory (exported on the fly from its best checkpoint) or
+``default`` (the bundle shipped in the package).
 """
 
 from __future__ import annotations
@@ -177,8 +178,17 @@ def cmd_infer(args: argparse.Namespace) -> int:
     console = Console(stderr=True)
     if args.output:
         out = Path(args.output)
+        from training.interop import interop_kind, write_interop
+
         kind = exporters.output_kind(out)
-        if kind == "msgpack":
+        interop = interop_kind(out, args.format)
+        if interop is not None:
+            written, notes = write_interop(
+                interop, results, out, predictor.model_info, fermi_energy=args.fermi_energy
+            )
+            for note in notes:
+                console.print(note)
+        elif kind == "msgpack":
             written = [exporters.write_msgpack(results, predictor.model_info, out)]
         elif kind == "npz":
             written = exporters.write_csr_npz(results, out)
@@ -299,6 +309,16 @@ def build_parser() -> argparse.ArgumentParser:
         "-o", "--output", help="x.msgpack (wire format), x.npz (CSR per shift) or a folder"
     )
     inf.add_argument("--no-overlap", action="store_true", help="H only")
+    inf.add_argument(
+        "--format",
+        choices=["auto", "deeph"],
+        default="auto",
+        help="deeph: one DeepH directory per structure under -o DIR (auto: by suffix; "
+        ".TSHS/.nc write a sisl Hamiltonian)",
+    )
+    inf.add_argument(
+        "--fermi-energy", type=float, metavar="EV", help="fermi_energy_eV of DeepH output"
+    )
     inf.set_defaults(func=cmd_infer)
 
     ev = sub.add_parser("evaluate", help="errors of a model on a data set")
@@ -307,6 +327,13 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("n", nargs="?", type=int, default=None, help="first N structures")
     ev.add_argument("--json", action="store_true", help="print one JSON object")
     ev.set_defaults(func=cmd_evaluate)
+    from training.datagen.command import register_datagen
+
+    register_datagen(sub)
+    from training.electronic import register_bands, register_dos
+
+    register_bands(sub)
+    register_dos(sub)
     return p
 
 

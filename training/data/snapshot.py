@@ -34,6 +34,7 @@ import numpy as np
 from gears_h_core.assemble.blocks import block_matrix_from_rows, lattice_shifts
 from gears_h_core.basis.orbitals import BasisError, OrbitalBasis
 from gears_h_core.graph.neighbors import pair_keys
+from gears_h_core.io.deeph import is_deeph_folder
 from gears_h_core.structure import Structure, StructureError
 from gears_h_core.types import BlockMatrix, SparseHamiltonian
 from training.data.safe_npz import NpzError, load_npz
@@ -439,7 +440,7 @@ def _operator(
 
 
 def read_snapshot(folder: str | Path, *, validate: bool = True) -> LabeledStructure:
-    """Read one snapshot folder.
+    """Read one snapshot folder (or a DeepH directory: `training.data.deeph_folder`).
 
     Args:
         folder: the snapshot folder.
@@ -456,6 +457,10 @@ def read_snapshot(folder: str | Path, *, validate: bool = True) -> LabeledStruct
         DatasetError: naming folder, file and row of the first failed check.
     """
     path = Path(folder)
+    if not (path / ATOMS_FILE).is_file() and is_deeph_folder(path):
+        from training.data.deeph_folder import read_deeph_snapshot
+
+        return read_deeph_snapshot(path, validate=validate)
     f = _Folder(path)
     for name in REQUIRED_FILES:
         f.require(name)
@@ -527,7 +532,8 @@ def read_snapshot(folder: str | Path, *, validate: bool = True) -> LabeledStruct
 def read_dataset(
     path: str | Path, limit: int | None = None, *, validate: bool = True
 ) -> list[LabeledStructure]:
-    """Read a dataset: a folder of snapshot folders (sorted by name), or one snapshot folder.
+    """Read a dataset: a folder of snapshot folders (sorted by name), or one snapshot folder;
+    DeepH directories count as snapshot folders.
 
     Entries that are not folders are skipped. ``limit`` keeps the first ``limit`` snapshots
     (in name order).
@@ -541,7 +547,7 @@ def read_dataset(
         raise DatasetError(f"{root}: dataset folder not found")
     if limit is not None and limit < 0:
         raise ValueError(f"limit must be ≥ 0, got {limit}")
-    if (root / ATOMS_FILE).is_file():
+    if (root / ATOMS_FILE).is_file() or is_deeph_folder(root):
         folders = [root]
     else:
         folders = sorted(
