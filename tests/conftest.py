@@ -35,3 +35,21 @@ def jax_compile_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     jax.config.update("jax_compilation_cache_dir", str(path))
     return path
+
+
+@pytest.fixture(scope="session")
+def hbn(shared_data: Path):  # -> LabeledStructure
+    """The h-BN validation snapshot ``hbn5x5_100`` (50 atoms, periodic in-plane, PBE/dzp),
+    read once per session; tests must not modify its arrays."""
+    from training.data.snapshot import read_snapshot
+
+    return read_snapshot(shared_data / "hbn_pbe_dzp" / "valid" / "hbn5x5_100")
+
+
+@pytest.fixture(scope="session")
+def butanol(shared_data: Path):  # -> LabeledStructure
+    """The butanol validation snapshot ``butanol_100`` (15 atoms, PBE/def2-SVP), read once
+    per session (files that need another snapshot define their own ``butanol``)."""
+    from training.data.snapshot import read_snapshot
+
+    return read_snapshot(shared_data / "butanol_pbe_def2svp" / "valid" / "butanol_100")

@@ -376,6 +376,32 @@ def _compare(bands: BandStructure, ref: BandStructure, fermi: float | None) -> s
     )
 
 
+def _solve_with_reference(
+    args: argparse.Namespace,
+    sh: SparseHamiltonian,
+    reference: Any,
+    kpoints: np.ndarray,
+    fermi: float | None,
+    source: _Source,
+) -> tuple[BandStructure, BandStructure | None]:
+    """Bands of ``sh`` and, with ``--reference``, of the reference at the same k points."""
+    bands = _solve(
+        sh, kpoints, args, fermi, threshold=args.overlap_threshold, what=source.description
+    )
+    if reference is None:
+        return bands, None
+    _check_k(kpoints, reference.gamma_only, f"--reference {args.reference}")
+    ref_bands = _solve(
+        reference.hamiltonian,
+        kpoints,
+        args,
+        fermi,
+        threshold=_ref_threshold(args),
+        what="reference",
+    )
+    return bands, ref_bands
+
+
 def cmd_bands(args: argparse.Namespace) -> int:
     from rich.console import Console
 
@@ -388,20 +414,7 @@ def cmd_bands(args: argparse.Namespace) -> int:
     kpoints, path = _kpoints(args, sh)
     _check_k(kpoints, source.gamma_only, source.description)
     fermi = _fermi(args, source, reference)
-    bands = _solve(
-        sh, kpoints, args, fermi, threshold=args.overlap_threshold, what=source.description
-    )
-    ref_bands = None
-    if reference is not None:
-        _check_k(kpoints, reference.gamma_only, f"--reference {args.reference}")
-        ref_bands = _solve(
-            reference.hamiltonian,
-            kpoints,
-            args,
-            fermi,
-            threshold=_ref_threshold(args),
-            what="reference",
-        )
+    bands, ref_bands = _solve_with_reference(args, sh, reference, kpoints, fermi, source)
     if args.json:
         doc = {"kpoints": kpoints.tolist(), "eigenvalues_eV": bands.eigenvalues.tolist()}
         sys.stdout.write(json.dumps(doc) + "\n")
@@ -500,20 +513,7 @@ def cmd_dos(args: argparse.Namespace) -> int:
     kpoints, weights = kpoint_mesh(sh.structure, mesh)
     _check_k(kpoints, source.gamma_only, source.description)
     fermi = _fermi(args, source, reference)
-    bands = _solve(
-        sh, kpoints, args, fermi, threshold=args.overlap_threshold, what=source.description
-    )
-    ref_bands = None
-    if reference is not None:
-        _check_k(kpoints, reference.gamma_only, f"--reference {args.reference}")
-        ref_bands = _solve(
-            reference.hamiltonian,
-            kpoints,
-            args,
-            fermi,
-            threshold=_ref_threshold(args),
-            what="reference",
-        )
+    bands, ref_bands = _solve_with_reference(args, sh, reference, kpoints, fermi, source)
     shift = 0.0 if fermi is None else fermi
     if args.range is not None:
         lo, hi = (float(v) + shift for v in args.range)

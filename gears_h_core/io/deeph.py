@@ -44,8 +44,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,6 +54,7 @@ import numpy as np
 from gears_h_core.assemble.blocks import block_matrix_from_rows, block_matrix_rows, onsite_blocks
 from gears_h_core.basis.conventions import OrbitalOrderTable, orbital_permutation
 from gears_h_core.basis.orbitals import BasisError, OrbitalBasis
+from gears_h_core.io.exporters import write_folder_atomic
 from gears_h_core.structure import Structure, StructureError
 from gears_h_core.types import BlockMatrix, HoppingGroup, OnsiteGroup, SparseHamiltonian
 
@@ -321,19 +320,7 @@ def write_deeph_folders(
     for k, sh in enumerate(results):
         name = names[k] if names is not None else f"structure_{k:04d}"
         files = deeph_files(sh, fermi_energy=fermi[k], meta=meta)
-        target = root / name
-        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=root))
-        try:
-            for fname, data in files.items():
-                (tmp / fname).write_bytes(data)
-            os.chmod(tmp, 0o755)
-            if target.exists():
-                shutil.rmtree(target)
-            os.replace(tmp, target)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        out.append(target)
+        out.append(write_folder_atomic(root, name, files))
     return out
 
 

@@ -20,7 +20,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -112,6 +112,25 @@ def snapshot_files(sh: SparseHamiltonian, meta: dict[str, Any]) -> dict[str, byt
     return files
 
 
+def write_folder_atomic(root: Path, name: str, files: Mapping[str, bytes]) -> Path:
+    """Write ``files`` (name -> bytes) as the folder ``root/name``: into a temporary sibling
+    first, renamed into place at the end (an existing folder of that name is replaced), so a
+    crash leaves no partial folder under ``name``."""
+    target = root / name
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=root))
+    try:
+        for fname, data in files.items():
+            (tmp / fname).write_bytes(data)
+        os.chmod(tmp, 0o755)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
 def write_snapshot_folders(
     results: Sequence[SparseHamiltonian],
     model: ModelInfo,
@@ -132,19 +151,7 @@ def write_snapshot_folders(
             "n_atoms": sh.structure.n_atoms,
             "n_basis": int(sh.basis.orbital_offsets(sh.structure.numbers)[-1]),
         }
-        target = root / name
-        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=root))
-        try:
-            for fname, data in snapshot_files(sh, meta).items():
-                (tmp / fname).write_bytes(data)
-            os.chmod(tmp, 0o755)
-            if target.exists():
-                shutil.rmtree(target)
-            os.replace(tmp, target)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        out.append(target)
+        out.append(write_folder_atomic(root, name, snapshot_files(sh, meta)))
     return out
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from ase.io import write
+from datagen_cli_kit import nothing_written, one_line_error
 from optional_tools import require_module
 
 from training.cli import main
@@ -22,18 +23,6 @@ from training.datagen.sampling import distort_periodic, hbn_supercell, write_sam
 gpaw = require_module("gpaw")
 
 ARGS = ["--basis", "sz(dzp)", "--kpts", "4", "4", "1"]
-
-
-def _one_line_error(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
-    assert main(argv) == 2
-    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("gears_h: ")]
-    assert len(lines) == 1, lines
-    return lines[0]
-
-
-def _nothing_written(out: Path) -> None:
-    if out.exists():
-        assert [p.name for p in out.iterdir() if p.name != ".logs"] == []
 
 
 @pytest.fixture(scope="module")
@@ -119,9 +108,9 @@ def test_nonperiodic_cell_with_kpoints(tmp_path: Path, capsys) -> None:
     src = tmp_path / "mol.extxyz"
     write(src, mol)
     out = tmp_path / "out"
-    msg = _one_line_error(capsys, ["datagen", "gpaw", str(src), "-o", str(out), *ARGS])
+    msg = one_line_error(capsys, ["datagen", "gpaw", str(src), "-o", str(out), *ARGS])
     assert str(src) in msg and "non-periodic" in msg and "k-points" in msg
-    _nothing_written(out)
+    nothing_written(out, allowed=(".logs",))
 
 
 def test_unknown_element_for_basis(tmp_path: Path, capsys) -> None:
@@ -130,17 +119,17 @@ def test_unknown_element_for_basis(tmp_path: Path, capsys) -> None:
     src = tmp_path / "bu.extxyz"
     write(src, cell)
     out = tmp_path / "out"
-    msg = _one_line_error(capsys, ["datagen", "gpaw", str(src), "-o", str(out), *ARGS])
+    msg = one_line_error(capsys, ["datagen", "gpaw", str(src), "-o", str(out), *ARGS])
     assert "atom 1" in msg and "element U" in msg and "sz(dzp)" in msg
-    _nothing_written(out)
+    nothing_written(out, allowed=(".logs",))
 
 
 def test_scf_not_converged(tmp_path: Path, capsys) -> None:
     src = tmp_path / "hbn.extxyz"
     write(src, hbn_supercell(1))
     out = tmp_path / "out"
-    msg = _one_line_error(
+    msg = one_line_error(
         capsys, ["datagen", "gpaw", str(src), "-o", str(out), *ARGS, "--maxiter", "2"]
     )
     assert str(src) in msg and "SCF not converged in 2 iterations" in msg
-    _nothing_written(out)
+    nothing_written(out, allowed=(".logs",))

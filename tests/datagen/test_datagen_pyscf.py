@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from ase import Atoms
 from ase.io import write
+from datagen_cli_kit import nothing_written, one_line_error
 from optional_tools import require_module
 
 from training.cli import main
@@ -22,19 +23,6 @@ WATER = Atoms("OH2", positions=[[0.0, 0.0, 0.117], [0.0, 0.757, -0.467], [0.0, -
 @pytest.fixture(scope="module")
 def pyscf():
     return require_module("pyscf")
-
-
-def _one_line_error(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
-    assert main(argv) == 2
-    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("gears_h: ")]
-    assert len(lines) == 1, lines
-    return lines[0]
-
-
-def _nothing_written(out: Path) -> None:
-    """No snapshot folder, no temporary folder left behind."""
-    if out.exists():
-        assert [p.name for p in out.iterdir()] == []
 
 
 def test_water_snapshot_reads_back_and_matches_pyscf(pyscf, tmp_path: Path) -> None:
@@ -148,32 +136,32 @@ def test_unknown_element_for_basis(pyscf, tmp_path: Path, capsys) -> None:
     src = tmp_path / "rn.xyz"
     write(src, Atoms("HRn", positions=[[0, 0, 0], [0, 0, 2.0]]))
     out = tmp_path / "out"
-    msg = _one_line_error(
+    msg = one_line_error(
         capsys, ["datagen", "pyscf", str(src), "-o", str(out), "--basis", "sto-3g"]
     )
     assert str(src) in msg and "atom 1" in msg and "Rn" in msg and "sto-3g" in msg
-    _nothing_written(out)
+    nothing_written(out)
 
 
 def test_scf_not_converged(pyscf, tmp_path: Path, capsys) -> None:
     src = tmp_path / "water.xyz"
     write(src, WATER)
     out = tmp_path / "out"
-    msg = _one_line_error(
+    msg = one_line_error(
         capsys,
         ["datagen", "pyscf", str(src), "-o", str(out), "--basis", "sto-3g", "--max-cycle", "1"],
     )
     assert str(src) in msg and "SCF not converged" in msg
-    _nothing_written(out)
+    nothing_written(out)
 
 
 def test_periodic_input_refused(pyscf, tmp_path: Path, capsys) -> None:
     src = tmp_path / "cell.extxyz"
     write(src, Atoms("H2", positions=[[0, 0, 0], [0.74, 0, 0]], cell=[3, 3, 3], pbc=True))
     out = tmp_path / "out"
-    msg = _one_line_error(capsys, ["datagen", "pyscf", str(src), "-o", str(out)])
+    msg = one_line_error(capsys, ["datagen", "pyscf", str(src), "-o", str(out)])
     assert "periodic" in msg and "datagen gpaw" in msg
-    _nothing_written(out)
+    nothing_written(out)
 
 
 def test_failed_check_goes_to_bad_and_exits_1(pyscf, tmp_path: Path, capsys) -> None:

@@ -27,15 +27,10 @@ from optional_tools import require_executable, require_module
 
 from gears_h_core.io.deeph import write_deeph_folders
 from training.cli import main
-from training.data.snapshot import LabeledStructure, read_snapshot
+from training.data.snapshot import LabeledStructure
 
 HBN = "hbn_pbe_dzp/valid/hbn5x5_100"
 BUTANOL = "butanol_pbe_def2svp/valid/butanol_100"
-
-
-@pytest.fixture(scope="module")
-def hbn(shared_data: Path) -> LabeledStructure:
-    return read_snapshot(shared_data / HBN)
 
 
 def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:

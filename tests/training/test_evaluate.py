@@ -26,11 +26,6 @@ def butanol(shared_data: Path) -> LabeledStructure:
     return read_snapshot(shared_data / "butanol_pbe_def2svp" / "train" / "butanol_000")
 
 
-@pytest.fixture(scope="module")
-def hbn(shared_data: Path) -> LabeledStructure:
-    return read_snapshot(shared_data / "hbn_pbe_dzp" / "valid" / "hbn5x5_100")
-
-
 def _with_h(sh: SparseHamiltonian, H: BlockMatrix) -> SparseHamiltonian:
     return replace(sh, H=H)
 

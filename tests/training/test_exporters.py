@@ -36,12 +36,6 @@ def butanol(shared_data: Path) -> LabeledStructure:
     return read_snapshot(shared_data / "butanol_pbe_def2svp" / "train" / "butanol_000")
 
 
-@pytest.fixture(scope="module")
-def hbn(shared_data: Path) -> LabeledStructure:
-    """Periodic (in-plane), 50 atoms, hopping rows over many lattice shifts."""
-    return read_snapshot(shared_data / "hbn_pbe_dzp" / "valid" / "hbn5x5_100")
-
-
 def assert_same_blocks(a: BlockMatrix, b: BlockMatrix, name: str) -> None:
     """Same rows (on-site and (i, j, shift)) holding bit-identical float32 blocks."""
     assert_block_matrices_close(a, b, rtol=0.0, name=name)

@@ -8,7 +8,6 @@ predictions), reproduce GPAW's own eigenvalues at Γ and at the stored off-mesh 
 from __future__ import annotations
 
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,17 +23,7 @@ from gears_h_core.assemble.bands import (
 )
 from gears_h_core.assemble.sparse import hamiltonian_at_k
 from gears_h_core.types import BlockMatrix, OnsiteGroup, SparseHamiltonian
-from training.data.snapshot import LabeledStructure, read_snapshot
-
-
-@pytest.fixture(scope="module")
-def hbn(shared_data: Path) -> LabeledStructure:
-    return read_snapshot(shared_data / "hbn_pbe_dzp" / "valid" / "hbn5x5_100")
-
-
-@pytest.fixture(scope="module")
-def butanol(shared_data: Path) -> LabeledStructure:
-    return read_snapshot(shared_data / "butanol_pbe_def2svp" / "valid" / "butanol_100")
+from training.data.snapshot import LabeledStructure
 
 
 def _shifted_overlap(sh: SparseHamiltonian, c: float) -> SparseHamiltonian:

@@ -31,17 +31,7 @@ from gears_h_core.io.deeph import (
 from gears_h_core.structure import Structure
 from gears_h_core.testing import assert_block_matrices_close
 from gears_h_core.types import BlockMatrix, SparseHamiltonian
-from training.data.snapshot import LabeledStructure, read_snapshot
-
-
-@pytest.fixture(scope="module")
-def hbn(shared_data: Path) -> LabeledStructure:
-    return read_snapshot(shared_data / "hbn_pbe_dzp" / "valid" / "hbn5x5_100")
-
-
-@pytest.fixture(scope="module")
-def butanol(shared_data: Path) -> LabeledStructure:
-    return read_snapshot(shared_data / "butanol_pbe_def2svp" / "valid" / "butanol_100")
+from training.data.snapshot import LabeledStructure
 
 
 def _export(labeled: LabeledStructure, root: Path) -> Path:

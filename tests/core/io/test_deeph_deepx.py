@@ -13,19 +13,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pytest
 from optional_tools import require_module
 from scipy.spatial.transform import Rotation
 
 from gears_h_core.assemble.sparse import to_csr_per_shift
 from gears_h_core.basis.conventions import PYSCF_TO_GPAW, wigner_gpaw
 from gears_h_core.io.deeph import DEEPH_TO_GPAW, poscar_order, write_deeph_folders
-from training.data.snapshot import LabeledStructure, read_snapshot
-
-
-@pytest.fixture(scope="module")
-def hbn(shared_data: Path) -> LabeledStructure:
-    return read_snapshot(shared_data / "hbn_pbe_dzp" / "valid" / "hbn5x5_100")
+from training.data.snapshot import LabeledStructure
 
 
 def test_deepx_wigner_matrices_are_ours() -> None:

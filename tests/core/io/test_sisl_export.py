@@ -15,17 +15,7 @@ from gears_h_core.assemble.bands import band_energies
 from gears_h_core.io.csr_blocks import block_matrix_from_csr
 from gears_h_core.io.sisl_export import sisl_to_csr_per_shift, to_sisl, write_sisl
 from gears_h_core.testing import assert_block_matrices_close
-from training.data.snapshot import LabeledStructure, read_snapshot
-
-
-@pytest.fixture(scope="module")
-def hbn(shared_data: Path) -> LabeledStructure:
-    return read_snapshot(shared_data / "hbn_pbe_dzp" / "valid" / "hbn5x5_100")
-
-
-@pytest.fixture(scope="module")
-def butanol(shared_data: Path) -> LabeledStructure:
-    return read_snapshot(shared_data / "butanol_pbe_def2svp" / "valid" / "butanol_100")
+from training.data.snapshot import LabeledStructure
 
 
 @pytest.mark.parametrize("which", ["hbn", "butanol"])
