@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from gears_h_core.assemble.blocks import block_matrix_rows, onsite_blocks
-from gears_h_core.graph.neighbors import pair_keys
+from gears_h_core.graph.neighbors import pair_partner_index
 from gears_h_core.io.deeph import (
     HAMILTONIAN_FILE,
     OVERLAP_FILE,
@@ -42,30 +42,19 @@ __all__ = ["is_deeph_folder", "read_deeph_snapshot"]
 
 
 def _partners(
-    folder: _Folder, file: str, i: np.ndarray, j: np.ndarray, shift: np.ndarray, n_atoms: int
+    folder: _Folder, file: str, i: np.ndarray, j: np.ndarray, shift: np.ndarray
 ) -> np.ndarray:
     """Row index of the partner ``(j, i, −n)`` of every row; the message names ``file``."""
-    keys = pair_keys(n_atoms, i, j, shift)
-    partner_keys = pair_keys(n_atoms, j, i, -shift)
-    order = np.argsort(keys, kind="stable")
-    sorted_keys = keys[order]
-    pos = np.clip(np.searchsorted(sorted_keys, partner_keys), 0, max(len(keys) - 1, 0))
-    found = sorted_keys[pos] == partner_keys if len(keys) else np.zeros(0, bool)
-    missing = np.flatnonzero(~found)
-    if missing.size:
-        r = int(missing[0])
-        raise folder.error(
-            file,
-            f"atom pair (i={i[r]}, j={j[r]}, R={shift[r].tolist()}) has no partner "
-            f"(i={j[r]}, j={i[r]}, R={(-shift[r]).tolist()}) (atoms in our order)",
-        )
-    return order[pos]
+    try:
+        return pair_partner_index(i, j, shift)
+    except ValueError as exc:
+        raise folder.error(file, f"{exc} (atoms in our order)") from exc
 
 
 def _check(folder: _Folder, file: str, bm: BlockMatrix, numbers: np.ndarray) -> None:
     n_atoms = int(numbers.shape[0])
     i, j, shift, blocks = block_matrix_rows(bm)
-    partner = _partners(folder, file, i.astype(np.int64), j.astype(np.int64), shift, n_atoms)
+    partner = _partners(folder, file, i.astype(np.int64), j.astype(np.int64), shift)
     _check_onsite_symmetric(folder, file, numbers, onsite_blocks(bm, n_atoms))
     _check_transposes(folder, file, numbers, i, j, partner, blocks)
 
