@@ -80,7 +80,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     tmp = out.with_name(f".{out.name}.tmp")
     tmp.write_text(json.dumps(result.to_json()) + "\n")
     tmp.replace(out)
-    console = Console()
+    console = Console(soft_wrap=True)
     table = Table(title=f"{dataset} — {result.n_structures} structures")
     for col in ("species pair", "rows", "cutoff (Å)", "mean |H| (eV)"):
         table.add_column(col)
@@ -107,7 +107,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from training.run import train
 
     config = _load_config(Path(args.config))
-    console = Console()
+    console = Console(soft_wrap=True)
 
     def log(m: dict) -> None:
         parts = [f"epoch {m['epoch']:4d}", f"loss {m['train_loss']:.4g}"]
@@ -123,21 +123,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     train(config, resume=args.resume, log=log)
     return 0
-
-
-def _load_predictor(spec: str, tmp_dir: Path):  # -> Predictor
-    from gears_h_core.io.bundle import load_bundle
-    from gears_h_core.io.model_source import resolve_bundle_path
-    from gears_h_core.predict import Predictor
-
-    path = Path(spec)
-    if spec != "default" and (path / "config.yaml").is_file() and (path / "checkpoints").is_dir():
-        from training.export import export_run
-
-        bundle_path = export_run(path, tmp_dir / "bundle")
-    else:
-        bundle_path = resolve_bundle_path(spec)
-    return Predictor(load_bundle(bundle_path))
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -164,7 +149,9 @@ def cmd_infer(args: argparse.Namespace) -> int:
     per_file = [(f, read_structure_files([f])) for f in args.structures]
     structures = [s for _, frames in per_file for s in frames]
     with tempfile.TemporaryDirectory() as tmp:
-        predictor = _load_predictor(args.model, Path(tmp))
+        from training.export import load_predictor
+
+        predictor = load_predictor(args.model, Path(tmp))
         for f, frames in per_file:  # unknown species fail before any compilation
             for k, s in enumerate(frames):
                 try:
@@ -175,7 +162,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
         results = []
         for s in structures:  # one at a time: identical to a lone POST /infer
             results.extend(predictor.predict([s], overlap=not args.no_overlap))
-    console = Console(stderr=True)
+    console = Console(stderr=True, soft_wrap=True)
     if args.output:
         out = Path(args.output)
         from training.interop import interop_kind, write_interop
@@ -222,7 +209,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if not labeled:
         raise CliError(f"{dataset}: no snapshot folders found")
     with tempfile.TemporaryDirectory() as tmp:
-        predictor = _load_predictor(args.model, Path(tmp))
+        from training.export import load_predictor
+
+        predictor = load_predictor(args.model, Path(tmp))
         for s in labeled:
             try:
                 predictor.check_species(s.hamiltonian.structure)
@@ -241,7 +230,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    console = Console(soft_wrap=True)
     h = result["H"]
     table = Table(title=f"{dataset}: {result['n_structures']} structures, model {args.model}")
     table.add_column("quantity")

@@ -132,3 +132,19 @@ def export_run(
         metadata=metadata,
     )
     return save_bundle(bundle, output)
+
+
+def load_predictor(spec: str, tmp_dir: Path):  # -> gears_h_core.predict.Predictor
+    """The `Predictor` of a MODEL argument: a bundle directory, ``default`` (the bundle
+    shipped in the package) or a training run directory (exported from its best checkpoint
+    into ``tmp_dir`` first)."""
+    from gears_h_core.io.bundle import load_bundle
+    from gears_h_core.io.model_source import resolve_bundle_path
+    from gears_h_core.predict import Predictor
+
+    path = Path(spec)
+    if spec != "default" and (path / "config.yaml").is_file() and (path / "checkpoints").is_dir():
+        bundle_path = export_run(path, tmp_dir / "bundle")
+    else:
+        bundle_path = resolve_bundle_path(spec)
+    return Predictor(load_bundle(bundle_path))

@@ -178,7 +178,7 @@ def _run(code: str, args: argparse.Namespace, overrides: dict[str, Any]) -> int:
         else:
             todo.append(frame)
 
-    console = Console(stderr=True)
+    console = Console(stderr=True, soft_wrap=True)
     for frame in skipped:
         console.print(f"{frame.name}: finished earlier, skipped")
     dump = settings.model_dump(mode="json")
@@ -306,7 +306,7 @@ def _cmd_sample_periodic(args: argparse.Namespace) -> int:
         for k in range(args.n)
     ]
     out = write_samples(args.output, samples)
-    Console(stderr=True).print(f"wrote {len(samples)} samples to {out}")
+    Console(stderr=True, soft_wrap=True).print(f"wrote {len(samples)} samples to {out}")
     return 0
 
 
@@ -325,7 +325,7 @@ def _cmd_sample_modes(args: argparse.Namespace) -> int:
         import_pyscf()
     except ValueError as exc:
         raise ValueError(str(exc)) from None
-    console = Console(stderr=True)
+    console = Console(stderr=True, soft_wrap=True)
     console.print(f"Hessian of {args.structure} ({args.xc}/{args.basis}) ...")
     hessian = pyscf_hessian(atoms, args.xc, args.basis)
     ref = f"{args.structure} ({args.xc}/{args.basis} Hessian)"
