@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from gears_h_core.export_cache import ExportCache
 from gears_h_core.graph.chunking import Chunk, GraphChunker, fitted_bucket, pad_chunk
 from gears_h_core.graph.neighbors import build_neighbor_graph, canonical_pair_mask
 from gears_h_core.graph.padding import (
@@ -90,8 +91,17 @@ class Predictor:
     Thread-safe for concurrent `predict` calls (compilation is serialised).
     """
 
-    def __init__(self, bundle: ModelBundle, ladder: BucketLadder | None = None) -> None:
+    def __init__(
+        self,
+        bundle: ModelBundle,
+        ladder: BucketLadder | None = None,
+        *,
+        export_cache: ExportCache | None = None,
+    ) -> None:
+        """``export_cache``: keep each bucket's traced network on disk, so another process
+        with the same code and bundle skips tracing (see `gears_h_core.export_cache`)."""
         self.bundle = bundle
+        self.export_cache = export_cache
         self.model, self.layout = build_model(bundle)
         self.ladder = ladder if ladder is not None else BucketLadder.from_dict(bundle.ladder)
         stats = Statistics.from_numpy(bundle.statistics)
@@ -138,13 +148,38 @@ class Predictor:
             exe = self._compiled.get(bucket)
             if exe is None:
                 spec = batch_spec(bucket)
-                exe = jax.jit(self._apply).lower(self.params, spec, self.constants).compile()
+                if self.export_cache is None:
+                    exe = jax.jit(self._apply).lower(self.params, spec, self.constants).compile()
+                else:
+                    exe = self._compile_exported(bucket, spec)
                 self._compiled[bucket] = exe
                 self.compile_count += 1
                 logger.info(
                     "compiled bucket %s (compilations: %d)", bucket.to_dict(), self.compile_count
                 )
         return exe
+
+    def _compile_exported(self, bucket: Bucket, spec: GraphBatch) -> Any:
+        """Compile ``bucket`` through the export cache: flat arrays in and out, the output
+        container rebuilt here (S present or not for every bucket alike)."""
+        assert self.export_cache is not None
+        leaves, treedef = jax.tree.flatten((self.params, spec, self.constants))
+
+        def flat_apply(*flat: jax.Array) -> tuple[jax.Array, ...]:
+            out = self._apply(*jax.tree.unflatten(treedef, flat))
+            fields = (out.onsite_h, out.hopping_h, out.onsite_s, out.hopping_s)
+            return tuple(x for x in fields if x is not None)
+
+        b = self.bundle
+        parts = (repr(b.config), repr(b.basis), repr(b.species), str(treedef))
+        compiled = self.export_cache.lower(flat_apply, leaves, parts).compile()
+
+        def run(params: Any, batch: GraphBatch, constants: ModelConstants) -> HamiltonianIrreps:
+            outs = compiled(*jax.tree.leaves((params, batch, constants)))
+            onsite_s, hopping_s = (outs[2], outs[3]) if len(outs) == 4 else (None, None)
+            return HamiltonianIrreps(outs[0], outs[1], onsite_s, hopping_s)
+
+        return run
 
     def warmup(self) -> int:
         """Compile every bucket of the ladder; returns the number of buckets."""

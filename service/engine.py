@@ -27,6 +27,7 @@ from typing import Any, Literal
 import numpy as np
 
 from gears_h_core import __version__
+from gears_h_core.export_cache import ExportCache
 from gears_h_core.graph.neighbors import pair_cutoff_to_json
 from gears_h_core.graph.padding import BucketLadder
 from gears_h_core.io.bundle import FORMAT_VERSION, load_bundle
@@ -205,7 +206,13 @@ class Engine:
         path = resolve_bundle_path(self.settings.model)
         bundle = load_bundle(path)
         ladder = serving_ladder(bundle.ladder, self.settings)
-        predictor = Predictor(bundle, ladder=ladder)
+        cache_dir = self.settings.compilation_cache_dir
+        predictor = Predictor(
+            bundle,
+            ladder=ladder,
+            # traced networks beside the compiled ones: a warm start skips tracing too
+            export_cache=None if cache_dir is None else ExportCache(cache_dir / "gears_h_traced"),
+        )
         largest = ladder.largest
         s = self.settings
         budget = Budget(

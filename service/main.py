@@ -11,8 +11,9 @@ Settings (environment only, `service.settings.Settings`)
 ``GEARS_H_API_KEY`` (unset: no authentication), ``GEARS_H_MAX_BODY_BYTES`` (64 MiB),
 ``GEARS_H_MAX_QUEUE`` (256 requests), ``GEARS_H_BATCH_WAIT_MS`` (5), ``GEARS_H_BATCH_MAX_ATOMS``
 and ``GEARS_H_BATCH_MAX_PAIRS`` (0: the largest bucket), ``GEARS_H_BATCHING`` (``true``; ``false``
-runs requests one by one), ``GEARS_H_COMPILATION_CACHE_DIR`` (JAX persistent compilation cache;
-default ``$XDG_CACHE_HOME/gears_h/jax`` or ``~/.cache/gears_h/jax``, empty turns it off),
+runs requests one by one), ``GEARS_H_COMPILATION_CACHE_DIR`` (JAX persistent compilation cache, plus the traced
+networks in its ``gears_h_traced/`` so a warm start neither traces nor compiles; default
+``$XDG_CACHE_HOME/gears_h/jax`` or ``~/.cache/gears_h/jax``, empty turns both off),
 ``GEARS_H_DRAIN_SECONDS`` (30), ``GEARS_H_WARMUP_RUN`` (``smallest``: after compiling every
 bucket run the smallest once; ``all``: run every bucket once), ``GEARS_H_LADDER_MAX_ATOMS`` / ``GEARS_H_LADDER_MAX_GRAPHS``
 (override the bundle's bucket ladder: largest structure, structures per batch),
