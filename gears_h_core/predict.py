@@ -154,8 +154,16 @@ class Predictor:
                     exe = self._compile_exported(bucket, spec)
                 self._compiled[bucket] = exe
                 self.compile_count += 1
+                loaded = (
+                    ""
+                    if self.export_cache is None
+                    else (f", traced networks loaded from disk: {self.export_cache.hits}")
+                )
                 logger.info(
-                    "compiled bucket %s (compilations: %d)", bucket.to_dict(), self.compile_count
+                    "compiled bucket %s (compilations: %d%s)",
+                    bucket.to_dict(),
+                    self.compile_count,
+                    loaded,
                 )
         return exe
 

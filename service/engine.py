@@ -268,8 +268,8 @@ class Engine:
                 predictor.executable(bucket)
                 if self.phase is Phase.WARMING:
                     self._set_phase(Phase.WARMING, f"compiled {k + 1}/{len(buckets)} buckets")
-            # Every bucket is compiled (or loaded from the persistent cache) above; running a
-            # bucket only proves the executable works, so by default only the smallest runs.
+            # Every bucket is compiled (or loaded from the caches) above; then each runs once
+            # (first-run allocations happen now, not in a request), or only the smallest.
             for bucket in buckets if self.settings.warmup_run == "all" else buckets[:1]:
                 if self._closing:
                     return

@@ -14,8 +14,8 @@ and ``GEARS_H_BATCH_MAX_PAIRS`` (0: the largest bucket), ``GEARS_H_BATCHING`` (`
 runs requests one by one), ``GEARS_H_COMPILATION_CACHE_DIR`` (JAX persistent compilation cache, plus the traced
 networks in its ``gears_h_traced/`` so a warm start neither traces nor compiles; default
 ``$XDG_CACHE_HOME/gears_h/jax`` or ``~/.cache/gears_h/jax``, empty turns both off),
-``GEARS_H_DRAIN_SECONDS`` (30), ``GEARS_H_WARMUP_RUN`` (``smallest``: after compiling every
-bucket run the smallest once; ``all``: run every bucket once), ``GEARS_H_LADDER_MAX_ATOMS`` / ``GEARS_H_LADDER_MAX_GRAPHS``
+``GEARS_H_DRAIN_SECONDS`` (30), ``GEARS_H_WARMUP_RUN`` (``all``: after compiling every bucket
+run each once; ``smallest``: run only the smallest, a faster restart on a CPU), ``GEARS_H_LADDER_MAX_ATOMS`` / ``GEARS_H_LADDER_MAX_GRAPHS``
 (override the bundle's bucket ladder: largest structure, structures per batch),
 ``GEARS_H_PREPROCESS_THREADS`` (2), ``GEARS_H_GPU_MEMORY_FRACTION`` (sets
 ``XLA_PYTHON_CLIENT_MEM_FRACTION``), ``GEARS_H_LOG_LEVEL`` (``info``) and, for tests only,
@@ -25,7 +25,7 @@ Start-up
 --------
 The bundle is loaded before the ports open (a missing or broken bundle exits with status 3).
 Then a thread compiles every bucket of the ladder (or loads it from the persistent compilation
-cache) and runs the smallest once (every one with ``GEARS_H_WARMUP_RUN=all``); meanwhile
+cache) and runs each once (only the smallest with ``GEARS_H_WARMUP_RUN=smallest``); meanwhile
 ``/v2/health/live`` answers 200 and ``/v2/health/ready`` 503, gRPC health says NOT_SERVING.
 After warm-up the service never compiles again (``gearsh_compilations`` in ``/metrics``).
 

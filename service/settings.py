@@ -71,10 +71,11 @@ class Settings(BaseSettings):
         description="JAX persistent compilation cache directory (faster restarts; "
         "default $XDG_CACHE_HOME/gears_h/jax or ~/.cache/gears_h/jax; empty: off)",
     )
-    warmup_run: Literal["smallest", "all"] = Field(
-        default="smallest",
-        description="after compiling every bucket, run the smallest once as a smoke test, or "
-        "every bucket once (slower start; the first request of each size skips first-run costs)",
+    warmup_run: Literal["all", "smallest"] = Field(
+        default="all",
+        description="after compiling every bucket, run every bucket once before ready (the "
+        "first request of each size pays no first-run cost), or only the smallest (a smoke "
+        "test: faster restarts on a CPU, where running the large buckets takes seconds)",
     )
     drain_seconds: float = Field(
         default=30.0, ge=0.0, description="on SIGTERM, longest wait for in-flight requests"

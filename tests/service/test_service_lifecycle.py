@@ -18,6 +18,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from serve_testkit import (
     API_KEY,
+    MAX_ATOMS,
     ROOT,
     ServerProcess,
     formaldehyde,
@@ -43,7 +44,6 @@ def slow_server(
             "GEARS_H_DEBUG_DELAY_MS": str(DELAY_MS),
             "GEARS_H_MAX_QUEUE": str(MAX_QUEUE),
             "GEARS_H_DRAIN_SECONDS": "25",
-            "GEARS_H_WARMUP_RUN": "all",
         },
         tmp_path_factory.mktemp("logs") / "slow-server.log",
     )
@@ -169,3 +169,34 @@ def test_startup_failures_exit_nonzero(tmp_path: Path) -> None:
         )
         assert proc.returncode == expected, proc.stderr[-2000:]
         assert ("GEARS_H_PORT" if expected == 2 else "missing") in proc.stderr
+
+
+def test_restart_loads_traced_networks(
+    server: ServerProcess, tiny_bundle: Path, compile_cache: Path, tmp_path: Path
+) -> None:
+    """A second process on the cache the shared server filled traces no bucket (every traced
+    network comes from disk); with ``GEARS_H_WARMUP_RUN=smallest`` it still compiles every
+    bucket before ready, and then serves the largest bucket without compiling."""
+    server.wait_ready()
+    assert len(list((compile_cache / "gears_h_traced").glob("*.jaxexport"))) >= 2
+    proc = ServerProcess(
+        {
+            "GEARS_H_MODEL": str(tiny_bundle),
+            "GEARS_H_API_KEY": API_KEY,
+            "GEARS_H_COMPILATION_CACHE_DIR": str(compile_cache),
+            "GEARS_H_WARMUP_RUN": "smallest",
+            "GEARS_H_LOG_LEVEL": "info",
+        },
+        tmp_path / "restart.log",
+        grpc=False,
+    )
+    try:
+        proc.wait_ready()
+        assert "traced networks loaded from disk: 2)" in proc.log(100_000)
+        assert proc.metric("gearsh_compilations") == 2
+        rng = np.random.default_rng(7)
+        response = proc.infer(request_body([random_molecule(rng, MAX_ATOMS)]))
+        assert response.status_code == 200, response.text
+        assert proc.metric("gearsh_compilations") == 2
+    finally:
+        assert proc.stop() == 0
