@@ -19,13 +19,13 @@ import functools
 import hashlib
 import importlib.metadata
 import logging
-import os
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import jax
+
+from gears_h_core.io.atomic_file import write_bytes_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -44,18 +44,6 @@ def source_fingerprint() -> str:
         digest.update(b"\0")
         digest.update(path.read_bytes())
     return digest.hexdigest()
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class ExportCache:
@@ -107,7 +95,7 @@ class ExportCache:
             specs = [jax.ShapeDtypeStruct(x.shape, x.dtype) for x in leaves]
             exported = jax.export.export(jax.jit(flat_fn))(*specs)
             try:
-                _write_atomic(path, bytes(exported.serialize()))
+                write_bytes_atomic(path, bytes(exported.serialize()))
             except Exception as exc:  # a read-only or full disk: serve anyway, trace next time
                 logger.warning("cannot store traced network in %s (%s)", path, exc)
         return jax.jit(exported.call).lower(*leaves)

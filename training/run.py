@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -25,6 +24,7 @@ import optax
 import yaml
 
 from gears_h_core.graph.padding import BucketLadder, pad_graphs
+from gears_h_core.io.atomic_file import write_bytes_atomic
 from gears_h_core.model.hamiltonian import HamiltonianModel, ModelConstants
 from gears_h_core.model.layout import OutputLayout
 from gears_h_core.predict import decode_blocks
@@ -46,10 +46,8 @@ class RunError(ValueError):
     """A run that cannot start (no data, config mismatch on resume, ...)."""
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+def _write_text_atomic(path: Path, text: str) -> None:
+    write_bytes_atomic(path, text.encode())
 
 
 def load_structures(paths: Sequence[Path], limit: int | None) -> list[LabeledStructure]:
@@ -125,7 +123,7 @@ def setup(config: Config) -> RunSetup:
         analysis = Analysis.from_json(json.loads(analysis_path.read_text()))
     else:
         analysis = analyze(train_structs, edge_cutoff=config.model.edge_cutoff)
-        _write_atomic(analysis_path, json.dumps(analysis.to_json()) + "\n")
+        _write_text_atomic(analysis_path, json.dumps(analysis.to_json()) + "\n")
     unknown = sorted(
         {z for s in valid_structs for z in s.hamiltonian.structure.species} - set(analysis.species)
     )
@@ -254,8 +252,10 @@ def train(config: Config, *, resume: bool = False, log: Logger | None = None) ->
         if not same_model or saved.data != config.data:
             raise RunError(f"{cfg_path}: --resume with a different model or data config")
     run = setup(config)
-    _write_atomic(cfg_path, yaml.safe_dump(run.config.model_dump(mode="json"), sort_keys=False))
-    _write_atomic(run.config.run_dir / RUN_INFO, json.dumps(run_info(run), indent=2) + "\n")
+    _write_text_atomic(
+        cfg_path, yaml.safe_dump(run.config.model_dump(mode="json"), sort_keys=False)
+    )
+    _write_text_atomic(run.config.run_dir / RUN_INFO, json.dumps(run_info(run), indent=2) + "\n")
     tcfg = run.config.training
     if len(run.train) < tcfg.batch_size:
         raise RunError(
@@ -282,7 +282,7 @@ def train(config: Config, *, resume: bool = False, log: Logger | None = None) ->
                     for row in metrics_path.read_text().splitlines()
                     if row and json.loads(row)["epoch"] <= last
                 ]
-                _write_atomic(metrics_path, "".join(k + "\n" for k in keep))
+                _write_text_atomic(metrics_path, "".join(k + "\n" for k in keep))
                 if keep:  # wall time (and max_minutes) counts the whole run, across resumes
                     wall_before = float(json.loads(keep[-1]).get("wall_s", 0.0))
     elif metrics_path.exists():

@@ -28,6 +28,7 @@ import numpy as np
 
 from gears_h_core.assemble.blocks import block_matrix_rows, onsite_blocks
 from gears_h_core.assemble.sparse import to_csr_per_shift
+from gears_h_core.io.atomic_file import write_bytes_atomic
 from gears_h_core.io.wire import ModelInfo, encode_response, encode_result
 from gears_h_core.types import BlockMatrix, SparseHamiltonian
 
@@ -44,19 +45,12 @@ def output_kind(path: str | os.PathLike[str]) -> str:
     return "folder"
 
 
-def _write_bytes_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def write_msgpack(
     results: Sequence[SparseHamiltonian], model: ModelInfo, path: str | os.PathLike[str]
 ) -> Path:
     """The wire response of ``results`` (one document, a result per structure)."""
     out = Path(path)
-    _write_bytes_atomic(out, encode_response([encode_result(sh, model) for sh in results]))
+    write_bytes_atomic(out, encode_response([encode_result(sh, model) for sh in results]))
     return out
 
 
@@ -199,7 +193,7 @@ def write_csr_npz(results: Sequence[SparseHamiltonian], path: str | os.PathLike[
     else:
         targets = [base.with_name(f"{base.stem}_{k:04d}{base.suffix}") for k in range(len(results))]
     for sh, target in zip(results, targets, strict=True):
-        _write_bytes_atomic(target, _npz_bytes(**csr_arrays(sh)))
+        write_bytes_atomic(target, _npz_bytes(**csr_arrays(sh)))
     return targets
 
 
