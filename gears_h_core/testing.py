@@ -73,6 +73,7 @@ def tiny_model_config(**overrides: Any) -> ModelConfig:
         "radial_hidden": 8,
         "species_embedding": 8,
         "overlap_channels": 2,
+        "two_centre_basis": 4,
         "avg_num_neighbors": 4.0,
     }
     values.update(overrides)

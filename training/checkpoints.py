@@ -51,6 +51,9 @@ class RunCheckpoints:
                 epoch, args=ocp.args.StandardSave(item), metrics={"val_mae": val_mae}, force=True
             )
 
+    def has_checkpoint(self) -> bool:
+        return self.latest.latest_step() is not None
+
     def restore_latest(self, template: TrainState) -> tuple[TrainState, int] | None:
         step = self.latest.latest_step()
         if step is None:

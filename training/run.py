@@ -38,6 +38,7 @@ from training.evaluate import ErrorAccumulator
 from training.loss import LossWeights
 from training.state import TrainState
 from training.steps import make_train_step
+from training.two_centre_fit import fit_two_centre, frozen_labels, with_two_centre
 
 Logger = Callable[[dict[str, Any]], None]
 
@@ -81,7 +82,10 @@ def make_optimizer(config: Config, total_steps: int) -> optax.GradientTransforma
         base = optax.adamw(schedule, weight_decay=opt.algorithm.weight_decay)
     else:
         base = optax.adam(schedule)
-    return optax.chain(optax.clip_by_global_norm(opt.grad_clip), base)
+    tx = optax.chain(optax.clip_by_global_norm(opt.grad_clip), base)
+    if config.model.two_centre_basis > 0:  # least-squares two-centre terms stay as fitted
+        return optax.multi_transform({"trained": tx, "frozen": optax.set_to_zero()}, frozen_labels)
+    return tx
 
 
 def make_ladder(examples: Sequence[TrainingExample], max_graphs: int) -> BucketLadder:
@@ -198,12 +202,23 @@ class DataParallel:
         return jax.device_put(tree, spec)
 
 
-def init_state(run: RunSetup, tx: optax.GradientTransformation) -> TrainState:
+def init_state(
+    run: RunSetup, tx: optax.GradientTransformation, *, fit: bool = True
+) -> tuple[TrainState, float | None]:
+    """Fresh parameters, with the two-centre terms fitted by least squares (unless ``fit``
+    is False: a resumed run restores them); returns the state and the fit's seconds."""
     bucket = run.ladder.select_for([run.train[0].graph])
     batch, _ = make_batch(run.train[:1], bucket, run.layout)
     key = jax.random.PRNGKey(run.config.training.seed)
     params = jax.jit(run.model.init)(key, jax.tree.map(jnp.asarray, batch), run.constants)
-    return TrainState.create(params, tx)
+    fit_s = None
+    if fit and run.config.model.two_centre_basis > 0:
+        assert run.analysis.statistics is not None
+        t = time.monotonic()
+        fitted = fit_two_centre(run.train, run.layout, run.analysis.statistics, run.config.model)
+        params = with_two_centre(params, fitted)
+        fit_s = time.monotonic() - t
+    return TrainState.create(params, tx), fit_s
 
 
 def validate(run: RunSetup, params: Any, apply: Callable[..., Any]) -> dict[str, float] | None:
@@ -265,8 +280,11 @@ def train(config: Config, *, resume: bool = False, log: Logger | None = None) ->
     steps_per_epoch = len(run.train) // tcfg.batch_size  # the remainder is dropped
     tx = make_optimizer(run.config, steps_per_epoch * tcfg.epochs)
     weights = LossWeights(**run.config.loss.model_dump())
-    state = init_state(run, tx)
     ckpt = RunCheckpoints(run.config.run_dir, tcfg.keep_checkpoints)
+    state, fit_s = init_state(run, tx, fit=not (resume and ckpt.has_checkpoint()))
+    if fit_s is not None:
+        info = {**run_info(run), "two_centre_fit_s": round(fit_s, 2)}
+        _write_text_atomic(run.config.run_dir / RUN_INFO, json.dumps(info, indent=2) + "\n")
     start_epoch = 1
     wall_before = 0.0
     metrics_path = run.config.run_dir / "metrics.jsonl"
@@ -315,7 +333,11 @@ def train(config: Config, *, resume: bool = False, log: Logger | None = None) ->
             **{f"train_{k}": v / steps_per_epoch for k, v in sums.items()},
         }
         val = None
-        if epoch % tcfg.eval_every == 0 or epoch == tcfg.epochs:
+        stopping = (
+            tcfg.max_minutes is not None
+            and (time.monotonic() - t_start) > 60 * tcfg.max_minutes
+        )
+        if epoch % tcfg.eval_every == 0 or epoch == tcfg.epochs or stopping:
             val = validate(run, state.ema_params, apply)
             if val:
                 metrics.update(val)
@@ -325,7 +347,7 @@ def train(config: Config, *, resume: bool = False, log: Logger | None = None) ->
         if log is not None:
             log(metrics)
         last_metrics = metrics
-        if tcfg.max_minutes is not None and (time.monotonic() - t_start) > 60 * tcfg.max_minutes:
+        if stopping:  # the last epoch was validated, so `best` saw it
             break
     ckpt.close()
     return last_metrics

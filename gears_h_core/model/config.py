@@ -45,6 +45,14 @@ class ModelConfig:
         default=8, metadata=_doc("radial channels per harmonic in the two-centre overlap readout")
     )
     predict_overlap: bool = field(default=True, metadata=_doc("also predict S"))
+    two_centre_basis: int = field(
+        default=16,
+        metadata=_doc(
+            "Bessel functions per species pair and output slot of the two-centre terms: S "
+            "exactly, and the H hopping baseline the network corrects (least-squares fitted "
+            "before training); 0: the earlier radial-MLP overlap readout and no H baseline"
+        ),
+    )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -55,4 +63,5 @@ class ModelConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"model config: unknown field(s) {unknown}")
-        return cls(**data)
+        # bundles written before the two-centre terms existed use the radial-MLP overlap
+        return cls(**{"two_centre_basis": 0, **data})

@@ -7,8 +7,11 @@ Reads top to bottom:
    *every* layer are concatenated for the readouts, so each layer's messages matter;
 3. on-site readout (species-indexed) and hopping readout (species-pair-indexed) in the
    universal irreps layout, scaled/shifted by per-species(-pair), per-channel statistics;
-4. overlap: a two-centre readout of the pair geometry; on-site S is a per-species constant
-   (an atom's own orbitals overlap the same way in every structure);
+   with ``two_centre_basis > 0`` the hopping output is a two-centre term (fitted by least
+   squares before training, `gears_h_core.model.two_centre`) plus the network's correction;
+4. overlap: a two-centre function of the pair geometry (the exact form of an overlap
+   integral); on-site S is a per-species constant (an atom's own orbitals overlap the same
+   way in every structure);
 5. symmetrisation: hopping outputs are averaged with their partner's transposed output and
    on-site outputs with their own transpose, so hermiticity holds by construction and the
    result does not depend on atom order.
@@ -29,6 +32,7 @@ from gears_h_core.model.layout import OutputLayout
 from gears_h_core.model.radial import envelope, radial_basis
 from gears_h_core.model.readout import HoppingReadout, OnsiteReadout, OverlapReadout
 from gears_h_core.model.scale_shift import Statistics
+from gears_h_core.model.two_centre import TwoCentre, TwoCentreLayout
 
 
 @struct.dataclass
@@ -130,9 +134,12 @@ class HamiltonianModel(nn.Module):
         # 3. H readouts
         node_mask = batch.node_mask[:, None]
         pair_mask = batch.pair_mask[:, None]
-        onsite = OnsiteReadout(node_irreps, self.onsite_irreps, self.n_species, name="onsite")(
-            h_all, species
-        ).array
+        # with the two-centre baseline, both readouts start as zero corrections to it and to
+        # the per-species on-site means (the analysed statistics)
+        baseline = cfg.two_centre_basis > 0
+        onsite = OnsiteReadout(
+            node_irreps, self.onsite_irreps, self.n_species, zero_init=baseline, name="onsite"
+        )(h_all, species).array
         onsite = (onsite * stats.onsite_scale[species] + stats.onsite_shift[species]) * node_mask
 
         pair_sh, pair_r = edge_features(batch.pair_vec, cfg.sh_lmax)
@@ -144,13 +151,28 @@ class HamiltonianModel(nn.Module):
             self.hopping_irreps,
             n_kinds,
             cfg.radial_hidden,
+            zero_init=baseline,
             name="hopping",
         )(h_all, batch.pair_i, batch.pair_j, kind, pair_sh, pair_radial, pair_env).array
+        if cfg.two_centre_basis > 0:
+            tc_basis = radial_basis(pair_r, cutoff, cfg.two_centre_basis) * pair_mask
+            tc_sh = TwoCentreLayout.create(self.hopping_irreps).harmonics(batch.pair_vec)
+
+            def two_centre(name: str) -> jax.Array:
+                return TwoCentre(self.hopping_irreps, n_kinds, cfg.two_centre_basis, name=name)(
+                    kind, tc_basis, tc_sh
+                )
+
+            hopping = hopping + two_centre("hopping_two_centre")
         hopping = hopping * stats.hopping_scale[kind] * pair_mask
 
         # 4. S
         onsite_s = hopping_s = None
-        if cfg.predict_overlap:
+        if cfg.predict_overlap and cfg.two_centre_basis > 0:
+            onsite_s = stats.overlap_onsite[species] * node_mask
+            hopping_s = two_centre("overlap_two_centre")
+            hopping_s = hopping_s * stats.overlap_scale[kind] * pair_mask
+        elif cfg.predict_overlap:
             onsite_s = stats.overlap_onsite[species] * node_mask
             hopping_s = OverlapReadout(
                 self.hopping_irreps,

@@ -6,6 +6,8 @@ species pair (hopping), into the universal layouts of `gears_h_core.model.layout
 
 from __future__ import annotations
 
+from typing import Any
+
 import e3nn_jax as e3nn
 import flax.linen as nn
 import jax
@@ -31,8 +33,19 @@ def _kind_radial_weights(
     )
 
 
+def _initializer(zero: bool) -> Any:
+    """e3nn-jax's default N(0, 1) init, or zeros (a readout that starts as a zero
+    correction to the analysed baseline)."""
+    return (lambda: jax.nn.initializers.zeros) if zero else None
+
+
 def indexed_linear(
-    out_irreps: e3nn.Irreps, n_index: int, index: jax.Array, x: e3nn.IrrepsArray, name: str
+    out_irreps: e3nn.Irreps,
+    n_index: int,
+    index: jax.Array,
+    x: e3nn.IrrepsArray,
+    name: str,
+    zero_init: bool = False,
 ) -> e3nn.IrrepsArray:
     """Linear map with its own weights per ``index`` value (species pair), for many rows.
 
@@ -44,7 +57,12 @@ def indexed_linear(
     """
     onehot = jax.nn.one_hot(index, n_index, dtype=x.dtype) * jnp.sqrt(float(n_index))
     spread = e3nn.concatenate([x * onehot[:, k : k + 1] for k in range(n_index)]).regroup()
-    return e3nn.flax.Linear(out_irreps, force_irreps_out=True, name=name)(spread)
+    return e3nn.flax.Linear(
+        out_irreps,
+        force_irreps_out=True,
+        parameter_initializer=_initializer(zero_init),
+        name=name,
+    )(spread)
 
 
 def _kind_output(
@@ -53,24 +71,30 @@ def _kind_output(
     pair_kind: jax.Array,
     x: e3nn.IrrepsArray,
     pair_envelope: jax.Array,
+    zero_init: bool = False,
 ) -> e3nn.IrrepsArray:
     """Species-pair-indexed linear map to the universal layout, times the cutoff envelope."""
-    out = indexed_linear(out_irreps, n_kinds, pair_kind, x, name="out")
+    out = indexed_linear(out_irreps, n_kinds, pair_kind, x, name="out", zero_init=zero_init)
     return out * pair_envelope[:, None]
 
 
 class OnsiteReadout(nn.Module):
-    """On-site H: one gated layer then a species-indexed linear map."""
+    """On-site H: one gated layer then a species-indexed linear map (``zero_init``: its
+    weights start at zero, so the prediction starts at the per-species mean)."""
 
     hidden: e3nn.Irreps
     out_irreps: e3nn.Irreps
     n_species: int
+    zero_init: bool = False
 
     @nn.compact
     def __call__(self, h: e3nn.IrrepsArray, species: jax.Array) -> e3nn.IrrepsArray:
         x = e3nn.gate(e3nn.flax.Linear(gated(self.hidden), force_irreps_out=True)(h))
         return e3nn.flax.Linear(
-            self.out_irreps, num_indexed_weights=self.n_species, force_irreps_out=True
+            self.out_irreps,
+            num_indexed_weights=self.n_species,
+            force_irreps_out=True,
+            parameter_initializer=_initializer(self.zero_init),
         )(species, x)
 
 
@@ -80,13 +104,15 @@ class HoppingReadout(nn.Module):
     Features: projections of h_i and h_j, their element-wise tensor product (three-centre
     environment), h_i ⊗ Y(r̂) and the bare Y(r̂) (two-centre part), all weighted per irrep by
     a radial MLP of |r| (with the species pair's own cutoff) and the species-pair embedding;
-    then a gated layer and a species-pair-indexed linear map, times the cutoff envelope.
+    then a gated layer and a species-pair-indexed linear map, times the cutoff envelope
+    (``zero_init``: that map starts at zero, a zero correction to a two-centre baseline).
     """
 
     hidden: e3nn.Irreps
     out_irreps: e3nn.Irreps
     n_species_pairs: int
     radial_hidden: int
+    zero_init: bool = False
 
     @nn.compact
     def __call__(
@@ -127,7 +153,9 @@ class HoppingReadout(nn.Module):
         )
         x = features * weights
         x = e3nn.gate(e3nn.flax.Linear(gated(self.hidden), force_irreps_out=True, name="mix")(x))
-        return _kind_output(self.out_irreps, self.n_species_pairs, pair_kind, x, pair_envelope)
+        return _kind_output(
+            self.out_irreps, self.n_species_pairs, pair_kind, x, pair_envelope, self.zero_init
+        )
 
 
 class OverlapReadout(nn.Module):

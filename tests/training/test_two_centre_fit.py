@@ -1,0 +1,189 @@
+"""The least-squares two-centre terms: exact recovery of a two-centre function, the fit on
+real DFT overlaps, and the frozen-coefficient optimizer."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from gears_h_core.basis.orbitals import OrbitalBasis
+from gears_h_core.graph.neighbors import build_neighbor_graph
+from gears_h_core.model.config import ModelConfig
+from gears_h_core.model.layout import OutputLayout
+from gears_h_core.model.radial import radial_basis, safe_norm
+from gears_h_core.model.two_centre import TwoCentre, TwoCentreLayout
+from gears_h_core.predict import decode_blocks
+from gears_h_core.structure import Structure
+from gears_h_core.testing import random_statistics, tiny_model_config
+from training.analysis import analyze
+from training.data.targets import TrainingExample, make_example
+from training.evaluate import ErrorAccumulator
+from training.two_centre_fit import (
+    HOPPING_TERM,
+    OVERLAP_TERM,
+    fit_two_centre,
+    frozen_labels,
+    with_two_centre,
+)
+
+B, N = 5, 7
+BASIS = OrbitalBasis({B: (0, 1, 0, 1, 2), N: (0, 1, 2)})
+N_BASIS = 6
+
+
+def _two_centre_targets(
+    layout: OutputLayout, graph, coefficients: np.ndarray, cutoff: np.ndarray
+) -> np.ndarray:
+    """What a `TwoCentre` with ``coefficients`` gives for the pairs of ``graph`` (unscaled)."""
+    table = np.asarray(layout.species_table)
+    species = table[np.asarray(graph.structure.numbers)]
+    kind = species[graph.pair_i] * layout.n_species + species[graph.pair_j]
+    vec = jnp.asarray(graph.pair_vec, jnp.float32)
+    basis = radial_basis(safe_norm(vec), jnp.asarray(cutoff[kind]), N_BASIS)
+    tc = TwoCentreLayout.create(layout.hopping_irreps)
+    module = TwoCentre(layout.hopping_irreps, layout.n_species_pairs, N_BASIS)
+    out = module.apply(
+        {"params": {"coefficients": jnp.asarray(coefficients)}},
+        jnp.asarray(kind),
+        basis,
+        tc.harmonics(vec),
+    )
+    return np.asarray(out) * np.asarray(layout.hopping_mask)[kind]
+
+
+def _rattled_bn(seed: int) -> Structure:
+    rng = np.random.default_rng(seed)
+    a, d = 2.50, 1.443
+    pos = np.array([[0, 0, 0], [0, d, 0], [a / 2, 1.5 * d, 0], [a / 2, 2.5 * d, 0]], float)
+    cell = [[a, 0, 0], [0, 3 * d, 0], [0, 0, 0]]
+    pos += rng.uniform(-0.15, 0.15, pos.shape)
+    return Structure.from_arrays([B, N, B, N], pos, cell, [True, True, False])
+
+
+def test_fit_recovers_an_exact_two_centre_function() -> None:
+    """Targets made by a two-centre term with known coefficients are fitted back exactly
+    (wrong harmonics, slots, parity or basis would leave a residual)."""
+    layout = OutputLayout.create(BASIS, BASIS.species)
+    tc = TwoCentreLayout.create(layout.hopping_irreps)
+    stats = random_statistics(layout, np.random.default_rng(3), pair_cutoff=4.0)
+    cutoff = np.asarray(stats.pair_cutoff)
+    rng = np.random.default_rng(5)
+    truth = rng.standard_normal((layout.n_species_pairs, N_BASIS, tc.n_slots))
+    # only natural-parity slots exist in a two-centre function; unused slots stay zero
+    truth = truth * tc.slot_natural[None, None, :]
+    used = np.zeros((layout.n_species_pairs, tc.n_slots), bool)
+    for k in range(layout.n_species_pairs):
+        used[k, tc.component_slot[np.asarray(layout.hopping_mask)[k]]] = True
+    truth = (truth * used[:, None, :]).astype(np.float32)
+    h_scale = np.asarray(stats.hopping_scale)
+    s_scale = np.asarray(stats.overlap_scale)
+    examples = []
+    for seed in range(6):
+        graph = build_neighbor_graph(_rattled_bn(seed), 3.0, 4.0)
+        unscaled = _two_centre_targets(layout, graph, truth, cutoff)
+        kind = (
+            np.asarray(layout.species_table)[graph.structure.numbers][graph.pair_i]
+            * layout.n_species
+            + np.asarray(layout.species_table)[graph.structure.numbers][graph.pair_j]
+        )
+        examples.append(
+            TrainingExample(
+                name=f"bn{seed}",
+                graph=graph,
+                onsite_h=np.zeros((graph.n_atoms, layout.onsite_irreps.dim), np.float32),
+                hopping_h=(unscaled * h_scale[kind]).astype(np.float32),
+                onsite_s=np.zeros((graph.n_atoms, layout.onsite_irreps.dim), np.float32),
+                hopping_s=(2.0 * unscaled * s_scale[kind]).astype(np.float32),
+                n_rows_outside=0,
+            )
+        )
+    config = tiny_model_config(two_centre_basis=N_BASIS)
+    fitted = fit_two_centre(examples, layout, stats, config)
+    assert set(fitted) == {HOPPING_TERM, OVERLAP_TERM}
+    for ex in examples[:2]:
+        ref = _two_centre_targets(layout, ex.graph, truth, cutoff)
+        for name, factor in ((HOPPING_TERM, 1.0), (OVERLAP_TERM, 2.0)):
+            got = _two_centre_targets(layout, ex.graph, fitted[name], cutoff)
+            scale = np.abs(ref).max()
+            assert np.abs(got - factor * ref).max() < 1e-3 * factor * scale, name
+    # and the shape of the fit is the module's parameter shape
+    assert fitted[HOPPING_TERM].shape == truth.shape
+
+
+def test_overlap_fit_on_dft_data_is_within_1e_4(shared_data, hbn) -> None:
+    """Fitted on h-BN training snapshots, the two-centre S reproduces a held-out DFT
+    overlap to better than 1e-4 (element MAE over every stored block)."""
+    from training.data.snapshot import read_dataset
+
+    train = read_dataset(shared_data / "hbn_pbe_dzp" / "train", limit=3)
+    analysis = analyze(train, edge_cutoff=5.0)
+    layout = OutputLayout.create(analysis.basis, analysis.species)
+    assert analysis.statistics is not None
+    config = ModelConfig(two_centre_basis=16)
+    examples = [make_example(s, layout, 5.0, analysis.pair_cutoff) for s in train]
+    fitted = fit_two_centre(examples, layout, analysis.statistics, config)
+    held_out = make_example(hbn, layout, 5.0, analysis.pair_cutoff)
+    cutoff = np.asarray(analysis.statistics.pair_cutoff)
+    table = np.asarray(layout.species_table)
+    species = table[np.asarray(held_out.graph.structure.numbers)]
+    kind = species[held_out.graph.pair_i] * layout.n_species + species[held_out.graph.pair_j]
+    vec = jnp.asarray(held_out.graph.pair_vec, jnp.float32)
+    tc = TwoCentreLayout.create(layout.hopping_irreps)
+    module = TwoCentre(layout.hopping_irreps, layout.n_species_pairs, 16)
+    hop = module.apply(
+        {"params": {"coefficients": jnp.asarray(fitted[OVERLAP_TERM])}},
+        jnp.asarray(kind),
+        radial_basis(safe_norm(vec), jnp.asarray(cutoff[kind]), 16),
+        tc.harmonics(vec),
+    )
+    hop = np.asarray(hop) * np.asarray(analysis.statistics.overlap_scale)[kind]
+    onsite = np.asarray(analysis.statistics.overlap_onsite)[species]
+    pred = decode_blocks(layout, held_out.graph, onsite, hop)
+    acc = ErrorAccumulator()
+    assert hbn.hamiltonian.S is not None
+    acc.add(pred, hbn.hamiltonian.S, held_out.graph.n_atoms)
+    mae = acc.summary()["mae"]
+    assert mae < 1e-4, mae
+    # not vacuous: without the two-centre hoppings the error is far larger
+    acc0 = ErrorAccumulator()
+    acc0.add(decode_blocks(layout, held_out.graph, onsite, 0 * hop), hbn.hamiltonian.S, 50)
+    assert acc0.summary()["mae"] > 30 * mae
+
+
+def test_frozen_coefficients_do_not_move() -> None:
+    params = {
+        "params": {
+            HOPPING_TERM: {"coefficients": jnp.ones((2, 3, 4))},
+            OVERLAP_TERM: {"coefficients": jnp.ones((2, 3, 4))},
+            "hopping": {"w": jnp.ones(5)},
+        }
+    }
+    tx = optax.multi_transform(
+        {"trained": optax.sgd(0.1), "frozen": optax.set_to_zero()}, frozen_labels
+    )
+    state = tx.init(params)
+    grads = jax.tree.map(jnp.ones_like, params)
+    updates, _ = tx.update(grads, state, params)
+    new = optax.apply_updates(params, updates)
+    assert np.array_equal(new["params"][HOPPING_TERM]["coefficients"], jnp.ones((2, 3, 4)))
+    assert np.array_equal(new["params"][OVERLAP_TERM]["coefficients"], jnp.ones((2, 3, 4)))
+    assert not np.array_equal(new["params"]["hopping"]["w"], jnp.ones(5))
+    replaced = with_two_centre(params, {HOPPING_TERM: np.zeros((2, 3, 4), np.float32)})
+    assert not np.any(replaced["params"][HOPPING_TERM]["coefficients"])
+    assert np.array_equal(replaced["params"]["hopping"]["w"], jnp.ones(5))
+
+
+def test_legacy_bundle_configs_keep_the_mlp_overlap() -> None:
+    """A bundle written before the two-centre terms has no ``two_centre_basis``: it loads
+    as 0 (radial-MLP overlap, no H baseline), while new configs default to the terms."""
+    legacy = dataclasses.asdict(ModelConfig())
+    del legacy["two_centre_basis"]
+    assert ModelConfig.from_dict(legacy).two_centre_basis == 0
+    assert ModelConfig().two_centre_basis > 0
+    with pytest.raises(ValueError, match="unknown"):
+        ModelConfig.from_dict({**legacy, "bogus": 1})

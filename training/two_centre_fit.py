@@ -1,0 +1,142 @@
+"""Least-squares fit of the two-centre terms (`gears_h_core.model.two_centre`).
+
+For one ordered species pair and one irrep slot of degree l, the term is
+x_m(r) = Σ_n c_n B_n(|r|) Y_l,m(r̂), linear in c. Over the training pairs p of that kind the
+normal equations are
+
+    Σ_p B_p B_pᵀ Σ_m Y_l,m(r̂_p)² · c = Σ_p B_p Σ_m Y_l,m(r̂_p) y_p,m,
+
+and with component-normalised harmonics Σ_m Y_l,m² = 2l + 1 for every direction, so one
+Gram matrix per kind serves all its slots. The targets y are the scaled layout irreps the
+term predicts (targets / per-slot scale). A small ridge keeps unused basis functions at 0.
+
+The fitted coefficients are the exact minimum of the training loss of S (the overlap is a
+pure two-centre quantity) and the best two-centre approximation of the H hoppings; the
+training loop keeps them fixed (`frozen_labels`) and trains the network on the remainder.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gears_h_core.model.config import ModelConfig
+from gears_h_core.model.layout import OutputLayout
+from gears_h_core.model.radial import radial_basis, safe_norm
+from gears_h_core.model.scale_shift import Statistics
+from gears_h_core.model.two_centre import TwoCentreLayout
+from training.data.targets import TrainingExample
+
+#: module names of the two-centre terms in the parameter tree
+HOPPING_TERM = "hopping_two_centre"
+OVERLAP_TERM = "overlap_two_centre"
+
+RIDGE = 1e-8  # relative to the mean diagonal of each Gram matrix
+
+
+class _NormalEquations:
+    def __init__(self, n_kinds: int, n_basis: int, n_slots: int) -> None:
+        self.gram = np.zeros((n_kinds, n_basis, n_basis))
+        self.rhs = np.zeros((n_kinds, n_basis, n_slots))
+
+    def add(self, kind: np.ndarray, basis: np.ndarray, projected: np.ndarray) -> None:
+        for k in np.unique(kind):
+            sel = kind == k
+            self.gram[k] += basis[sel].T @ basis[sel]
+            self.rhs[k] += basis[sel].T @ projected[sel]
+
+    def solve(self, tc: TwoCentreLayout) -> np.ndarray:
+        """Coefficients ``[n_kinds, n_basis, n_slots]`` (float32)."""
+        n_kinds, n_basis, n_slots = self.rhs.shape
+        out = np.zeros((n_kinds, n_basis, n_slots))
+        eye = np.eye(n_basis)
+        for k in range(n_kinds):
+            g = self.gram[k]
+            if not np.any(g):
+                continue
+            ridge = RIDGE * np.trace(g) / n_basis
+            for ell in np.unique(tc.slot_l):
+                slots = np.flatnonzero((tc.slot_l == ell) & tc.slot_natural)
+                if slots.size:
+                    a = (2 * ell + 1) * g + ridge * eye
+                    out[k][:, slots] = np.linalg.solve(a, self.rhs[k][:, slots])
+        return out.astype(np.float32)
+
+
+def _project(tc: TwoCentreLayout, harmonics: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Σ_m Y_l,m y_m per slot: ``[n, dim] -> [n, n_slots]``."""
+    out = np.zeros((y.shape[0], tc.n_slots))
+    np.add.at(out.T, tc.component_slot, (harmonics[:, tc.component_sh] * y).T)
+    return out
+
+
+def fit_two_centre(
+    examples: Sequence[TrainingExample],
+    layout: OutputLayout,
+    stats: Statistics,
+    config: ModelConfig,
+) -> dict[str, np.ndarray]:
+    """Least-squares coefficients of the H hopping term and (where the examples have S)
+    of the overlap term: ``{module name: [n_kinds, n_basis, n_slots]}``."""
+    tc = TwoCentreLayout.create(layout.hopping_irreps)
+    n_kinds, n_basis = layout.n_species_pairs, config.two_centre_basis
+    table = np.asarray(layout.species_table)
+    cutoff_table = np.asarray(stats.pair_cutoff, np.float64)
+    h_scale = np.asarray(stats.hopping_scale, np.float64)
+    s_scale = np.asarray(stats.overlap_scale, np.float64)
+
+    @jax.jit
+    def geometry(vec: jax.Array, cutoff: jax.Array) -> tuple[jax.Array, jax.Array]:
+        return radial_basis(safe_norm(vec), cutoff, n_basis), tc.harmonics(vec)
+
+    eq_h = _NormalEquations(n_kinds, n_basis, tc.n_slots)
+    eq_s = _NormalEquations(n_kinds, n_basis, tc.n_slots)
+    has_s = False
+    for ex in examples:
+        g = ex.graph
+        if g.n_pairs == 0:
+            continue
+        species = table[np.asarray(g.structure.numbers)]
+        kind = species[g.pair_i] * layout.n_species + species[g.pair_j]
+        basis, harmonics = jax.device_get(
+            geometry(jnp.asarray(g.pair_vec, jnp.float32), jnp.asarray(cutoff_table[kind]))
+        )
+        basis = np.asarray(basis, np.float64)
+        harmonics = np.asarray(harmonics, np.float64)
+
+        def scaled(y: np.ndarray, scale: np.ndarray) -> np.ndarray:
+            s = scale[kind]  # noqa: B023 - used within this iteration only
+            return np.where(s > 0, y / np.where(s > 0, s, 1.0), 0.0)
+
+        eq_h.add(kind, basis, _project(tc, harmonics, scaled(ex.hopping_h, h_scale)))
+        if ex.hopping_s is not None and config.predict_overlap:
+            has_s = True
+            eq_s.add(kind, basis, _project(tc, harmonics, scaled(ex.hopping_s, s_scale)))
+    out = {HOPPING_TERM: eq_h.solve(tc)}
+    if has_s:
+        out[OVERLAP_TERM] = eq_s.solve(tc)
+    return out
+
+
+def with_two_centre(params: Any, fitted: dict[str, np.ndarray]) -> Any:
+    """``params`` with the fitted coefficients in place (a new tree; others untouched)."""
+    inner = dict(params["params"])
+    for name, coefficients in fitted.items():
+        if name in inner:
+            inner[name] = {"coefficients": jnp.asarray(coefficients)}
+    return {**params, "params": inner}
+
+
+def frozen_labels(params: Any) -> Any:
+    """``"frozen"`` for the two-centre coefficients, ``"trained"`` for all else (a tree
+    of labels for ``optax.multi_transform``)."""
+
+    def label(path: tuple[Any, ...], _: Any) -> str:
+        names = {getattr(k, "key", None) for k in path}
+        return "frozen" if names & {HOPPING_TERM, OVERLAP_TERM} else "trained"
+
+    return jax.tree_util.tree_map_with_path(label, params)
