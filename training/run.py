@@ -334,8 +334,7 @@ def train(config: Config, *, resume: bool = False, log: Logger | None = None) ->
         }
         val = None
         stopping = (
-            tcfg.max_minutes is not None
-            and (time.monotonic() - t_start) > 60 * tcfg.max_minutes
+            tcfg.max_minutes is not None and (time.monotonic() - t_start) > 60 * tcfg.max_minutes
         )
         if epoch % tcfg.eval_every == 0 or epoch == tcfg.epochs or stopping:
             val = validate(run, state.ema_params, apply)
