@@ -198,6 +198,16 @@ def cmd_infer(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     import tempfile
 
@@ -218,7 +228,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             except ValueError as exc:
                 raise CliError(f"{s.path}: {exc}") from exc
         pairs = [(predictor.predict([s.hamiltonian.structure])[0], s) for s in labeled]
-    result = evaluate_predictions(pairs)
+    result = evaluate_predictions(pairs, overlap_threshold=args.overlap_threshold)
     result["model"] = {
         "name": predictor.bundle.name,
         "sha256": predictor.bundle.sha256,
@@ -315,6 +325,14 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("dataset")
     ev.add_argument("n", nargs="?", type=int, default=None, help="first N structures")
     ev.add_argument("--json", action="store_true", help="print one JSON object")
+    ev.add_argument(
+        "--overlap-threshold",
+        type=_positive_float,
+        default=None,
+        metavar="THR",
+        help="compare eigenvalues in the subspace of the reference S(k) eigenvectors above "
+        "THR (nearly linearly dependent bases, e.g. 1e-3 for h-BN dzp); default: full basis",
+    )
     ev.set_defaults(func=cmd_evaluate)
     from training.datagen.command import register_datagen
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from gears_h_core.assemble.bands import band_energies
+from gears_h_core.assemble.bands import band_energies, shared_subspace_eigvalsh
 from gears_h_core.graph.neighbors import pair_keys
 from gears_h_core.types import BlockMatrix, SparseHamiltonian
 from training.data.snapshot import LabeledStructure
@@ -97,7 +97,21 @@ def accumulate(pairs: Iterable[tuple[BlockMatrix, BlockMatrix, int]]) -> ErrorAc
 EIGEN_WINDOW_EV = 2.0
 
 
-def eigenvalue_errors(pred: SparseHamiltonian, labeled: LabeledStructure) -> np.ndarray:
+def _window(ref_eps: np.ndarray, ref: Any) -> np.ndarray:
+    """The compared states: within ±2 eV of E_F; for molecules (HOMO and LUMO stored, E_F
+    the midgap, where a ±2 eV window around it can be empty: butanol's gap is ~6 eV) the
+    frontier states from 2 eV below HOMO to 2 eV above LUMO."""
+    if ref.homo is not None and ref.lumo is not None:
+        return (ref_eps >= ref.homo - EIGEN_WINDOW_EV) & (ref_eps <= ref.lumo + EIGEN_WINDOW_EV)
+    return np.abs(ref_eps - ref.e_fermi) <= EIGEN_WINDOW_EV
+
+
+def eigenvalue_errors(
+    pred: SparseHamiltonian,
+    labeled: LabeledStructure,
+    overlap_threshold: float | None = None,
+    projection: list[np.ndarray] | None = None,
+) -> np.ndarray:
     """|ε_pred − ε_DFT| (eV) of the states within ±2 eV of E_F, at Γ and the stored k point.
 
     For molecules (HOMO and LUMO stored, E_F the midgap) the window is [HOMO − 2 eV,
@@ -106,6 +120,11 @@ def eigenvalue_errors(pred: SparseHamiltonian, labeled: LabeledStructure) -> np.
     The predicted problem uses the predicted H and S (the DFT S when the model has no S);
     the first ``len(eps)`` eigenvalues are compared, as in ``shared/data/README.md`` §2.5.
     Γ-only data sets and snapshots without reference eigenvalues give an empty array.
+
+    With ``overlap_threshold``, both problems are solved in the subspace of the reference
+    S(k) eigenvectors above it (`shared_subspace_eigvalsh`): errors are then against the
+    DFT H, S in that subspace, and ``projection`` (if given) collects how far those projected
+    DFT levels are from the stored ones (|ε_proj − ε_DFT| of the same window, eV).
     """
     ref = labeled.reference
     if ref is None or ref.e_fermi is None or labeled.gamma_only:
@@ -120,25 +139,33 @@ def eigenvalue_errors(pred: SparseHamiltonian, labeled: LabeledStructure) -> np.
         return np.zeros(0)
     # the code path of `gears_h bands`; OverlapNotPositiveDefiniteError (a LinAlgError) when
     # the predicted S(k) is not positive definite
-    bands = band_energies(pred, np.stack([k for k, _ in points]), solver="dense")
+    if overlap_threshold is None:
+        bands = band_energies(pred, np.stack([k for k, _ in points]), solver="dense")
+        solved = [(row, eps) for (_, eps), row in zip(points, bands.eigenvalues, strict=True)]
+    else:
+        solved = []
+        for k, eps in points:
+            mine, theirs, _ = shared_subspace_eigvalsh(
+                pred, labeled.hamiltonian, k, overlap_threshold
+            )
+            n = min(len(theirs), len(eps))
+            if projection is not None:
+                sel = _window(eps[:n], ref)
+                projection.append(np.abs(theirs[:n] - eps[:n])[sel])
+            solved.append((mine, theirs))
     errors = []
-    for (_, eps), row in zip(points, bands.eigenvalues, strict=True):
+    for row, eps in solved:
         eig = row[: len(eps)]
         ref_eps = eps[: len(eig)]
-        if ref.homo is not None and ref.lumo is not None:
-            # molecules: E_F is the midgap; a ±2 eV window around it can be empty (butanol's
-            # gap is ~6 eV), so take the frontier states: 2 eV below HOMO to 2 eV above LUMO
-            window = (ref_eps >= ref.homo - EIGEN_WINDOW_EV) & (
-                ref_eps <= ref.lumo + EIGEN_WINDOW_EV
-            )
-        else:
-            window = np.abs(ref_eps - ref.e_fermi) <= EIGEN_WINDOW_EV
+        window = _window(ref_eps, ref)
         errors.append(np.abs(eig - eps[: len(eig)])[window])
     return np.concatenate(errors) if errors else np.zeros(0)
 
 
 def evaluate_predictions(
     pairs: Sequence[tuple[SparseHamiltonian, LabeledStructure]],
+    *,
+    overlap_threshold: float | None = None,
 ) -> dict[str, Any]:
     """The ``gears_h evaluate --json`` document for predictions and their references.
 
@@ -150,6 +177,7 @@ def evaluate_predictions(
     acc_h, acc_s = ErrorAccumulator(), ErrorAccumulator()
     eig_errors: list[np.ndarray] = []
     eig_failed: list[str] = []
+    projection: list[np.ndarray] = []
     for pred, labeled in pairs:
         ref = labeled.hamiltonian
         n = ref.structure.n_atoms
@@ -157,7 +185,7 @@ def evaluate_predictions(
         if pred.S is not None and ref.S is not None:
             acc_s.add(pred.S, ref.S, n)
         try:
-            eig_errors.append(eigenvalue_errors(pred, labeled))
+            eig_errors.append(eigenvalue_errors(pred, labeled, overlap_threshold, projection))
         except np.linalg.LinAlgError:
             eig_failed.append(labeled.name)  # predicted S not positive definite
     h = acc_h.summary(1000.0)
@@ -185,6 +213,16 @@ def evaluate_predictions(
             "max_meV_within_2eV_of_ef": 1000.0 * float(eig.max()) if eig.size else None,
             "n_states": int(eig.size),
             "failed": eig_failed,
+            **(
+                {}
+                if overlap_threshold is None
+                else {
+                    "overlap_threshold": overlap_threshold,
+                    "projection_mae_meV": 1000.0 * float(np.concatenate(projection).mean())
+                    if projection and np.concatenate(projection).size
+                    else None,
+                }
+            ),
         },
         "per_species_pair": per_pair,
     }

@@ -287,6 +287,46 @@ def _canonical_eigvalsh(Hk: sp.sparray, Sk: sp.sparray, threshold: float) -> tup
     return np.linalg.eigvalsh(Hp).astype(np.float64), int(np.count_nonzero(~keep))
 
 
+def shared_subspace_eigvalsh(
+    pred: SparseHamiltonian,
+    ref: SparseHamiltonian,
+    k: np.ndarray,
+    threshold: float,
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Eigenvalues of two problems at one k point in the *same* subspace: the eigenvectors
+    U of the reference S_ref(k) with eigenvalue > ``threshold``.
+
+    Solves ``U† H U c = ε U† S U c`` for (H, S) of ``pred`` and of ``ref``. A nearly
+    linearly dependent basis (h-BN dzp: smallest eigenvalue of S(k) ≈ 1e-4) turns an
+    error δ of H along a near-null direction of S into a spurious level at δ / λ_min, far
+    below the physical ones; projecting both problems onto one subspace removes those
+    directions and keeps the two spectra index-aligned (same count). Dense: for the
+    evaluation of structures of up to a few thousand orbitals.
+
+    Returns:
+        ``(eps_pred, eps_ref, n_dropped)``, ascending, eV.
+    """
+    Hr, Sr = hamiltonian_at_k(ref, k)
+    Hp, Sp = hamiltonian_at_k(pred, k)
+    if Sr is None:
+        raise ValueError("a shared overlap subspace needs the reference S")
+    s, U = np.linalg.eigh(Sr.toarray())
+    keep = s > threshold
+    U = U[:, keep]
+
+    def solve(H: sp.sparray, S: sp.sparray | None) -> np.ndarray:
+        h = U.conj().T @ H.toarray() @ U
+        o = np.eye(U.shape[1]) if S is None else U.conj().T @ S.toarray() @ U
+        try:
+            return generalized_eigvalsh(
+                0.5 * (h + h.conj().T), 0.5 * (o + o.conj().T), max_size=max(h.shape[0], 1)
+            )
+        except np.linalg.LinAlgError:
+            raise _overlap_spectrum_error(k, sp.csr_array(o)) from None
+
+    return solve(Hp, Sp), solve(Hr, Sr), int(np.count_nonzero(~keep))
+
+
 def band_energies(
     sh: SparseHamiltonian,
     kpoints: np.ndarray | Sequence[Sequence[float]],

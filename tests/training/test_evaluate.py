@@ -201,6 +201,58 @@ def test_h_plus_c_s_shifts_every_eigenvalue_by_c(hbn: LabeledStructure) -> None:
     assert eig["max_meV_within_2eV_of_ef"] == pytest.approx(1000 * c, abs=0.02)
     assert eig["failed"] == []
 
+    # in the shared subspace of the reference S(k) the shift is exactly c too, the same
+    # states are compared, and the projection's own effect on the DFT levels is reported
+    projection: list[np.ndarray] = []
+    sub = eigenvalue_errors(pred, hbn, 1e-3, projection)
+    assert sub.size == errors.size
+    np.testing.assert_allclose(sub, c, atol=2e-5)
+    moved = np.concatenate(projection)
+    assert moved.size == errors.size and 0 < moved.mean() < 0.05  # eV: dzp h-BN, 1e-3
+    result = evaluate_predictions([(pred, hbn)], overlap_threshold=1e-3)
+    assert result["eigenvalues"]["overlap_threshold"] == 1e-3
+    assert result["eigenvalues"]["projection_mae_meV"] == pytest.approx(1000 * moved.mean())
+
+
+def test_shared_subspace_removes_a_spurious_level(hbn: LabeledStructure) -> None:
+    """An H error along a near-null direction of S (dzp h-BN: λ_min(S) ≈ 1e-4) makes a
+    spurious level far from the physical ones and misaligns the full-basis comparison;
+    in the shared subspace (threshold above that λ) the same error leaves the levels."""
+    from gears_h_core.assemble.bands import hamiltonian_at_k, shared_subspace_eigvalsh
+
+    sh = hbn.hamiltonian
+    k = np.zeros(3)
+    _, Sk = hamiltonian_at_k(sh, k)
+    s, U = np.linalg.eigh(Sk.toarray().real)  # Γ: real
+    assert s[0] < 1e-3
+    # δ = 0.05 eV · v_a v_aᵀ in every on-site block, v the softest eigenvector of S
+    offsets = sh.basis.orbital_offsets(sh.structure.numbers)
+    v = U[:, 0]
+    onsite = []
+    for g in sh.H.onsite:
+        blocks = g.blocks.astype(np.float64).copy()
+        for row, atom in enumerate(g.atoms):
+            part = v[offsets[atom] : offsets[atom + 1]]
+            blocks[row] += 0.05 * np.outer(part, part)
+        onsite.append(replace(g, blocks=blocks.astype(np.float32)))
+    pred = replace(sh, H=BlockMatrix(onsite=tuple(onsite), hopping=sh.H.hopping))
+    full_pred = np.linalg.eigvalsh(
+        np.linalg.solve(np.linalg.cholesky(Sk.toarray()), np.eye(len(s)))
+    )
+    del full_pred
+    from gears_h_core.assemble.eigen import generalized_eigvalsh
+
+    Hp, _ = hamiltonian_at_k(pred, k)
+    Hr, _ = hamiltonian_at_k(sh, k)
+    full_p = generalized_eigvalsh(Hp, Sk, max_size=len(s))
+    full_r = generalized_eigvalsh(Hr, Sk, max_size=len(s))
+    assert np.abs(full_p - full_r).max() > 1.0  # eV: a level moved by δ / λ_min
+    mine, theirs, dropped = shared_subspace_eigvalsh(pred, sh, k, 1e-3)
+    assert dropped == int(np.sum(s <= 1e-3)) > 0 and len(mine) == len(theirs) == len(s) - dropped
+    # δ is on-site only, so not purely along v: what is left in the kept subspace moves the
+    # levels a little (< 0.15 eV), against ~8 eV in the full basis
+    assert np.abs(mine - theirs).max() < min(0.15, np.abs(full_p - full_r).max() / 40)
+
 
 def test_no_eigenvalues_for_gamma_only_or_unlabelled(hbn: LabeledStructure) -> None:
     assert eigenvalue_errors(hbn.hamiltonian, replace(hbn, gamma_only=True)).size == 0
