@@ -102,11 +102,15 @@ def fit_two_centre(
             continue
         species = table[np.asarray(g.structure.numbers)]
         kind = species[g.pair_i] * layout.n_species + species[g.pair_j]
-        basis, harmonics = jax.device_get(
-            geometry(jnp.asarray(g.pair_vec, jnp.float32), jnp.asarray(cutoff_table[kind]))
-        )
-        basis = np.asarray(basis, np.float64)
-        harmonics = np.asarray(harmonics, np.float64)
+        # pairs padded to a power of two: a few compilations, not one per pair count
+        size = max(1024, 1 << (g.n_pairs - 1).bit_length())
+        vec = np.zeros((size, 3), np.float32)
+        vec[: g.n_pairs] = g.pair_vec
+        cut = np.ones(size, np.float64)
+        cut[: g.n_pairs] = cutoff_table[kind]
+        basis, harmonics = jax.device_get(geometry(jnp.asarray(vec), jnp.asarray(cut)))
+        basis = np.asarray(basis[: g.n_pairs], np.float64)
+        harmonics = np.asarray(harmonics[: g.n_pairs], np.float64)
 
         def scaled(y: np.ndarray, scale: np.ndarray) -> np.ndarray:
             s = scale[kind]  # noqa: B023 - used within this iteration only
