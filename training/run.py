@@ -270,7 +270,13 @@ def train(config: Config, *, resume: bool = False, log: Logger | None = None) ->
     _write_text_atomic(
         cfg_path, yaml.safe_dump(run.config.model_dump(mode="json"), sort_keys=False)
     )
-    _write_text_atomic(run.config.run_dir / RUN_INFO, json.dumps(run_info(run), indent=2) + "\n")
+    info_path = run.config.run_dir / RUN_INFO
+    info = run_info(run)
+    if resume and info_path.is_file():  # keep what the first start measured (the fit's time)
+        saved = json.loads(info_path.read_text())
+        if "two_centre_fit_s" in saved:
+            info["two_centre_fit_s"] = saved["two_centre_fit_s"]
+    _write_text_atomic(info_path, json.dumps(info, indent=2) + "\n")
     tcfg = run.config.training
     if len(run.train) < tcfg.batch_size:
         raise RunError(
@@ -283,8 +289,8 @@ def train(config: Config, *, resume: bool = False, log: Logger | None = None) ->
     ckpt = RunCheckpoints(run.config.run_dir, tcfg.keep_checkpoints)
     state, fit_s = init_state(run, tx, fit=not (resume and ckpt.has_checkpoint()))
     if fit_s is not None:
-        info = {**run_info(run), "two_centre_fit_s": round(fit_s, 2)}
-        _write_text_atomic(run.config.run_dir / RUN_INFO, json.dumps(info, indent=2) + "\n")
+        info["two_centre_fit_s"] = round(fit_s, 2)
+        _write_text_atomic(info_path, json.dumps(info, indent=2) + "\n")
     start_epoch = 1
     wall_before = 0.0
     metrics_path = run.config.run_dir / "metrics.jsonl"

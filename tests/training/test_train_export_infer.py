@@ -163,6 +163,9 @@ def test_run_directory_and_metrics(workflow: Workflow) -> None:
         )
     saved = Config.model_validate(yaml.safe_load((workflow.run / "config.yaml").read_text()))
     assert saved.model.avg_num_neighbors == workflow.avg_num_neighbors  # set by the analysis
+    # the least-squares two-centre fit ran before the first step, and its time is recorded
+    info = json.loads((workflow.run / "run_info.json").read_text())
+    assert saved.model.two_centre_basis > 0 and 0 <= info["two_centre_fit_s"] < 60
 
 
 def test_bundle_manifest_carries_provenance(workflow: Workflow) -> None:
