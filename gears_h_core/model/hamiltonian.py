@@ -156,7 +156,13 @@ class HamiltonianModel(nn.Module):
         )(h_all, batch.pair_i, batch.pair_j, kind, pair_sh, pair_radial, pair_env).array
         if cfg.two_centre_basis > 0:
             tc_basis = radial_basis(pair_r, cutoff, cfg.two_centre_basis) * pair_mask
-            tc_sh = TwoCentreLayout.create(self.hopping_irreps).harmonics(batch.pair_vec)
+            tc = TwoCentreLayout.create(self.hopping_irreps)
+            # the pair harmonics up to the layout's l: the hopping readout's, when they reach that far
+            tc_sh = (
+                pair_sh.array[:, : (tc.lmax + 1) ** 2]
+                if cfg.sh_lmax >= tc.lmax
+                else tc.harmonics(batch.pair_vec)
+            )
 
             def two_centre(name: str) -> jax.Array:
                 return TwoCentre(self.hopping_irreps, n_kinds, cfg.two_centre_basis, name=name)(
