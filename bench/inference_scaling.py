@@ -4,8 +4,10 @@ For every material and size a fresh subprocess (so peak RSS is that size's own) 
 model, builds the supercell (the shipped structure repeated in-plane with ASE), and times:
 
 * ``graph``: the neighbour graph (vesin, all edges and pairs with shifts);
-* ``plan``: splitting it into chunks that fit the chunk budget (core + halo);
-* ``compile``: compiling the chunk bucket and running it once (the warm-up, not in ``model``);
+* ``plan``: splitting it into node chunks (core + halo of edge hops) and pair chunks that fit
+  the chunk budget;
+* ``compile``: compiling the node-chunk and pair-chunk buckets and running each once (the
+  warm-up, not in ``model``);
 * ``model``: every chunk through the compiled network, outputs assembled (after warm-up);
 * ``decode``: irreps -> orbital blocks (sparse `SparseHamiltonian`, H and S);
 * ``wire``: the msgpack response (`encode_result` + `encode_response`), whose size is the
@@ -160,7 +162,6 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     import numpy as np
 
     from gears_h_core.assemble.sparse import gamma_fold
-    from gears_h_core.graph.chunking import pad_chunk
     from gears_h_core.graph.padding import BucketLadder
     from gears_h_core.io.wire import encode_response, encode_result
     from gears_h_core.predict import Predictor
@@ -185,22 +186,18 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     t_graph = time.perf_counter() - t
 
     t = time.perf_counter()
-    chunks, bucket = predictor.plan_chunks(graph)
+    plan = predictor.plan_chunks(graph)
     t_plan = time.perf_counter() - t
-    n_chunks = len(chunks)
-    core_mean = structure.n_atoms / n_chunks
-    halo = float(np.mean([c.graph.n_atoms for c in chunks])) / core_mean
+    n_node_chunks, n_pair_chunks = len(plan.nodes), len(plan.pairs)
+    halo = float(np.mean([c.graph.n_atoms / c.n_core for c in plan.nodes]))
+    node_bucket, pair_bucket = plan.node_bucket.to_dict(), plan.pair_bucket.to_dict()
 
     t = time.perf_counter()
-    warm = predictor.executable(bucket)(
-        predictor.params, pad_chunk(chunks[0], bucket), predictor.constants
-    )
-    jax.block_until_ready(warm)
-    del warm
+    predictor.warm_chunks(plan)
     t_compile = time.perf_counter() - t
 
     t = time.perf_counter()
-    assembled = predictor.run_chunks(graph, chunks, bucket)
+    assembled = predictor.run_chunks(graph, plan)
     t_model = time.perf_counter() - t
     n_pairs = graph.n_pairs
     del graph
@@ -226,9 +223,11 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
         "n_atoms": structure.n_atoms,
         "n_orb": n_orb,
         "n_pairs": n_pairs,
-        "n_chunks": n_chunks,
+        "n_node_chunks": n_node_chunks,
+        "n_pair_chunks": n_pair_chunks,
         "halo_factor": halo,
-        "bucket": bucket.to_dict(),
+        "node_bucket": node_bucket,
+        "pair_bucket": pair_bucket,
         "t_load": t_ready - T_START,
         "t_graph": t_graph,
         "t_plan": t_plan,
@@ -322,8 +321,17 @@ def _mb(n: float | None) -> str:
     return "–" if n is None else f"{n / 1e6:,.0f}"
 
 
-def _bucket(b: dict[str, int]) -> str:
-    return f"{b['n_nodes']:,}/{b['n_edges']:,}/{b['n_pairs']:,}"
+def _chunks(r: dict[str, Any]) -> tuple[str, str]:
+    """(chunks, buckets) cells: node + pair chunks and their buckets (nodes/edges, nodes/
+    pairs); rows of the earlier one-pass chunking have one count and one bucket n/e/p."""
+    if "node_bucket" in r:
+        nb, pb = r["node_bucket"], r["pair_bucket"]
+        return (
+            f"{r['n_node_chunks']} + {r['n_pair_chunks']}",
+            f"{nb['n_nodes']:,}/{nb['n_edges']:,} + {pb['n_nodes']:,}/{pb['n_pairs']:,}",
+        )
+    b = r["bucket"]
+    return str(r["n_chunks"]), f"{b['n_nodes']:,}/{b['n_edges']:,}/{b['n_pairs']:,}"
 
 
 def _s(t: float | None) -> str:
@@ -350,16 +358,16 @@ def table(rows: list[dict[str, Any]]) -> str:
         )
         lines += [f"### {name}", "", f"{model}.", ""]
         lines.append(
-            "| atoms | pairs | chunks | chunk bucket n/e/p | halo × | graph s | plan s | "
+            "| atoms | pairs | chunks | chunk buckets | halo × | graph s | plan s | "
             "compile s | model s | "
             "decode s | wire s | total s | peak RSS MB | output MB | pairs/s | "
             "dense Γ MB | dense s | dense RSS+ MB |"
         )
         lines.append("|" + "---:|" * 18)
         for r in mine:
-            b = r["bucket"]
+            chunks, buckets = _chunks(r)
             lines.append(
-                f"| {r['n_atoms']:,} | {r['n_pairs']:,} | {r['n_chunks']} | {_bucket(b)} | "
+                f"| {r['n_atoms']:,} | {r['n_pairs']:,} | {chunks} | {buckets} | "
                 f"{r['halo_factor']:.1f} | {_s(r['t_graph'])} | {_s(r['t_plan'])} | "
                 f"{_s(r['t_compile'])} | {_s(r['t_model'])} | {_s(r['t_decode'])} | "
                 f"{_s(r['t_wire'])} | {_s(r['t_total'])} | {_mb(r['peak_rss'])} | "
@@ -383,14 +391,19 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 NOTE = (
     "Every row is one fresh process: load the bundle, build the supercell and its graph, "
-    "split it into chunks (core atoms + a halo of pair cutoff + n_interactions edge hops) "
-    "that fit the chunk budget (the edge and pair budget of the ladder's largest bucket), "
-    "compile the one chunk bucket and run it once (compile s), then time all chunks "
-    "(model s), decoding to sparse blocks (decode s) and the msgpack response with H and S "
-    "(wire s, output MB). total s: process start to response bytes, compilation included. "
-    "halo ×: chunk atoms / core atoms. pairs/s: directed hopping pairs (H and S) per model "
-    "second. dense: the upstream-style baseline, the dense float32 Γ-point H assembled from "
-    "the same blocks and written to disk (only where it fits; RSS+ is its own peak growth)."
+    "split it into node chunks (core atoms + a halo of n_interactions edge hops, no pairs) "
+    "and pair chunks (every pair (i, j, n) of some core atoms i, no halo) that fit the chunk "
+    "budget (the edge and pair budget of the ladder's largest bucket), compile the node and "
+    "the pair bucket and run each once (compile s), then time all chunks: node features "
+    "first, then the pairs from them, partners averaged on the host (model s); decoding to "
+    "sparse blocks (decode s) and the msgpack response with H and S (wire s, output MB). "
+    "chunks: node + pair chunks; chunk buckets: node bucket nodes/edges + pair bucket "
+    "nodes/pairs (rows of the earlier one-pass chunking, core + halo of pair cutoff + "
+    "n_interactions hops: one count and one bucket nodes/edges/pairs). total s: process "
+    "start to response bytes, compilation included. halo ×: node-chunk atoms / core atoms. "
+    "pairs/s: directed hopping pairs (H and S) per model second. dense: the upstream-style "
+    "baseline, the dense float32 Γ-point H assembled from the same blocks and written to "
+    "disk (only where it fits; RSS+ is its own peak growth)."
 )
 
 

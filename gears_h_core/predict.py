@@ -6,20 +6,25 @@ compiled ahead of time and counted) -> universal irreps -> orbital blocks -> one
 `SparseHamiltonian` per structure. Hopping blocks are decoded for one pair of every partner
 couple (i, j, n) / (j, i, −n) and mirrored, so H_ji(−T) = H_ij(T)ᵀ holds bit for bit.
 
-A structure too large for the largest bucket is predicted in chunks (`predict_large`): its
-graph is split into core atoms plus a halo (`gears_h_core.graph.chunking`), every chunk runs
-in one bucket fitted to the chunks, and the outputs of the core atoms and their pairs are
-assembled into full-structure arrays before the same decoding; the result equals the unsplit
-prediction up to float32 round-off and stays sparse throughout.
+A structure too large for the largest bucket is predicted in chunks (`predict_large`), in two
+passes with the two halves of the network (`NodeStage`, `PairStage`): node chunks (core atoms
+plus a halo of edge hops) give the node features and on-site outputs of all atoms, then pair
+chunks (the pairs of some core atoms, no halo) give every directed pair's hopping outputs
+from those features; each pass runs in one bucket fitted to its chunks. The outputs are
+assembled into full-structure arrays, pairs averaged with their partners there, before the
+same decoding; the result equals the unsplit prediction up to float32 round-off and stays
+sparse throughout.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import logging
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
@@ -27,8 +32,12 @@ import numpy as np
 from flax import traverse_util
 
 from gears_h_core.export_cache import ExportCache
-from gears_h_core.graph.chunking import Chunk, GraphChunker, fitted_bucket, pad_chunk
-from gears_h_core.graph.neighbors import build_neighbor_graph, canonical_pair_mask
+from gears_h_core.graph.chunking import Chunk, GraphChunker, Part, fitted_bucket, pad_chunk
+from gears_h_core.graph.neighbors import (
+    build_neighbor_graph,
+    canonical_pair_mask,
+    pair_partner_index,
+)
 from gears_h_core.graph.padding import (
     BatchLayout,
     Bucket,
@@ -39,7 +48,15 @@ from gears_h_core.graph.padding import (
 )
 from gears_h_core.io.bundle import ModelBundle
 from gears_h_core.io.wire import ModelInfo
-from gears_h_core.model.hamiltonian import HamiltonianIrreps, HamiltonianModel, ModelConstants
+from gears_h_core.model.hamiltonian import (
+    HamiltonianIrreps,
+    HamiltonianModel,
+    ModelConstants,
+    NodeOutputs,
+    NodeStage,
+    PairOutputs,
+    PairStage,
+)
 from gears_h_core.model.layout import OutputLayout
 from gears_h_core.model.scale_shift import Statistics
 from gears_h_core.structure import Structure, StructureError
@@ -78,6 +95,9 @@ def params_from_flat(flat: dict[str, np.ndarray]) -> Any:
     return traverse_util.unflatten_dict({k: jnp.asarray(v) for k, v in flat.items()}, sep="/")
 
 
+Stage = Literal["model", "nodes", "pairs"]
+
+
 @dataclass(frozen=True, eq=False)
 class _Prepared:
     graphs: list[NeighborGraph]
@@ -107,7 +127,17 @@ class Predictor:
         stats = Statistics.from_numpy(bundle.statistics)
         self.constants = jax.device_put(ModelConstants.create(self.layout, stats))
         self.params = jax.device_put(params_from_flat(bundle.params))
-        self._compiled: dict[Bucket, Any] = {}
+        fields = {
+            f: getattr(self.model, f)
+            for f in ("config", "n_species", "onsite_irreps", "hopping_irreps")
+        }
+        self.stages: dict[Stage, HamiltonianModel | NodeStage | PairStage] = {
+            "model": self.model,
+            "nodes": NodeStage(**fields),
+            "pairs": PairStage(**fields),
+        }
+        self.feature_dim = self.model.feature_irreps.dim
+        self._compiled: dict[tuple[Stage, Bucket], Any] = {}
         self._lock = threading.Lock()
         self.compile_count = 0
 
@@ -134,25 +164,34 @@ class Predictor:
         )
 
     # -- compilation ---------------------------------------------------------------------
-    def _apply(
-        self, params: Any, batch: GraphBatch, constants: ModelConstants
-    ) -> HamiltonianIrreps:
-        return self.model.apply(params, batch, constants)
+    def _apply(self, stage: Stage, params: Any, *args: Any) -> Any:
+        return self.stages[stage].apply(params, *args)
 
-    def executable(self, bucket: Bucket) -> Any:
-        """The compiled network for ``bucket`` (compiled on first use, then cached)."""
-        exe = self._compiled.get(bucket)
+    def _spec(self, stage: Stage, bucket: Bucket) -> tuple[Any, ...]:
+        """Abstract arguments after ``params`` of ``stage`` for ``bucket``."""
+        if stage == "pairs":
+            dim = self.feature_dim
+            features = jax.ShapeDtypeStruct((bucket.n_nodes, dim), jnp.float32)
+            return (features, batch_spec(bucket), self.constants)
+        return (batch_spec(bucket), self.constants)
+
+    def executable(self, bucket: Bucket, stage: Stage = "model") -> Any:
+        """The compiled network (``stage``: the whole model, or its node or pair half) for
+        ``bucket`` (compiled on first use, then cached)."""
+        key = (stage, bucket)
+        exe = self._compiled.get(key)
         if exe is not None:
             return exe
         with self._lock:
-            exe = self._compiled.get(bucket)
+            exe = self._compiled.get(key)
             if exe is None:
-                spec = batch_spec(bucket)
+                spec = self._spec(stage, bucket)
                 if self.export_cache is None:
-                    exe = jax.jit(self._apply).lower(self.params, spec, self.constants).compile()
+                    apply = functools.partial(self._apply, stage)
+                    exe = jax.jit(apply).lower(self.params, *spec).compile()
                 else:
-                    exe = self._compile_exported(bucket, spec)
-                self._compiled[bucket] = exe
+                    exe = self._compile_exported(stage, spec)
+                self._compiled[key] = exe
                 self.compile_count += 1
                 loaded = (
                     ""
@@ -160,32 +199,37 @@ class Predictor:
                     else (f", traced networks loaded from disk: {self.export_cache.hits}")
                 )
                 logger.info(
-                    "compiled bucket %s (compilations: %d%s)",
+                    "compiled %s bucket %s (compilations: %d%s)",
+                    stage,
                     bucket.to_dict(),
                     self.compile_count,
                     loaded,
                 )
         return exe
 
-    def _compile_exported(self, bucket: Bucket, spec: GraphBatch) -> Any:
-        """Compile ``bucket`` through the export cache: flat arrays in and out, the output
-        container rebuilt here (S present or not for every bucket alike)."""
+    def _compile_exported(self, stage: Stage, spec: tuple[Any, ...]) -> Any:
+        """Compile through the export cache: flat arrays in and out, the output container
+        rebuilt here (its S fields present or not for every bucket alike, as the model
+        predicts S or not)."""
         assert self.export_cache is not None
-        leaves, treedef = jax.tree.flatten((self.params, spec, self.constants))
+        leaves, treedef = jax.tree.flatten((self.params, *spec))
+        container = {"model": HamiltonianIrreps, "nodes": NodeOutputs, "pairs": PairOutputs}[stage]
+        names = [f.name for f in dataclasses.fields(container)]
+        with_s = self.bundle.config.predict_overlap
+        present = [n for n in names if with_s or not n.endswith("_s")]
 
         def flat_apply(*flat: jax.Array) -> tuple[jax.Array, ...]:
-            out = self._apply(*jax.tree.unflatten(treedef, flat))
-            fields = (out.onsite_h, out.hopping_h, out.onsite_s, out.hopping_s)
-            return tuple(x for x in fields if x is not None)
+            out = self._apply(stage, *jax.tree.unflatten(treedef, flat))
+            return tuple(getattr(out, n) for n in present)
 
         b = self.bundle
-        parts = (repr(b.config), repr(b.basis), repr(b.species), str(treedef))
+        parts = (stage, repr(b.config), repr(b.basis), repr(b.species), str(treedef))
         compiled = self.export_cache.lower(flat_apply, leaves, parts).compile()
 
-        def run(params: Any, batch: GraphBatch, constants: ModelConstants) -> HamiltonianIrreps:
-            outs = compiled(*jax.tree.leaves((params, batch, constants)))
-            onsite_s, hopping_s = (outs[2], outs[3]) if len(outs) == 4 else (None, None)
-            return HamiltonianIrreps(outs[0], outs[1], onsite_s, hopping_s)
+        def run(params: Any, *args: Any) -> Any:
+            outs = compiled(*jax.tree.leaves((params, *args)))
+            values = dict.fromkeys(names) | dict(zip(present, outs, strict=True))
+            return container(**values)
 
         return run
 
@@ -276,12 +320,13 @@ class Predictor:
     ) -> SparseHamiltonian:
         """H (and S) of one structure of any size, predicted in chunks.
 
-        The graph is split into chunks (core atoms plus a halo of ``n_interactions`` edge
-        hops, see `gears_h_core.graph.chunking`) whose edges and pairs fit ``budget``
-        (default `chunk_budget`); all chunks are padded to one bucket fitted to them, stream
-        through its compiled network, and the outputs of their core atoms and pairs are
-        assembled into one sparse result, equal to the unsplit prediction up to float32
-        round-off. Host memory grows with the number of pairs only.
+        The graph is split into node chunks (core atoms plus a halo of ``n_interactions``
+        edge hops) and pair chunks (the pairs of some core atoms) that fit ``budget`` (default
+        `chunk_budget`), see `gears_h_core.graph.chunking`. Node chunks run through the node
+        half of the network, pair chunks through its pair half with the node features
+        gathered from the first pass; their outputs are assembled into one sparse result,
+        equal to the unsplit prediction up to float32 round-off. Host memory grows with the
+        number of pairs only.
         """
         return self.predict_graph_chunked(self.graph(structure), overlap=overlap, budget=budget)
 
@@ -296,60 +341,94 @@ class Predictor:
             n_graphs=2,
         )
 
-    def plan_chunks(
-        self, graph: NeighborGraph, budget: Bucket | None = None
-    ) -> tuple[list[Chunk], Bucket]:
-        """The chunks of ``graph`` within ``budget`` (default `chunk_budget`) and the bucket
-        they are all padded to (`gears_h_core.graph.chunking.fitted_bucket`)."""
+    def plan_chunks(self, graph: NeighborGraph, budget: Bucket | None = None) -> ChunkPlan:
+        """The node and pair chunks of ``graph`` within ``budget`` (default `chunk_budget`)
+        and the buckets they are padded to (`gears_h_core.graph.chunking.fitted_bucket`)."""
         budget = budget if budget is not None else self.chunk_budget()
         chunker = GraphChunker(graph, self.bundle.config.n_interactions)
-        chunks = list(chunker.split(budget))
-        return chunks, fitted_bucket(chunks, budget)
+        nodes = list(chunker.split(budget, "nodes"))
+        pairs = list(chunker.split(budget, "pairs"))
+        return ChunkPlan(
+            nodes=nodes,
+            node_bucket=fitted_bucket(nodes, budget),
+            pairs=pairs,
+            pair_bucket=fitted_bucket(pairs, budget),
+        )
 
     def predict_graph_chunked(
         self, graph: NeighborGraph, *, overlap: bool = True, budget: Bucket | None = None
     ) -> SparseHamiltonian:
         """`predict_large` for a graph built already: `plan_chunks`, `run_chunks`,
         `decode_assembled`."""
-        chunks, bucket = self.plan_chunks(graph, budget)
-        return self.decode_assembled(self.run_chunks(graph, chunks, bucket, overlap=overlap))
+        plan = self.plan_chunks(graph, budget)
+        return self.decode_assembled(self.run_chunks(graph, plan, overlap=overlap))
+
+    def warm_chunks(self, plan: ChunkPlan) -> None:
+        """Compile both buckets of ``plan`` and run each once on its first chunk (XLA's
+        buffers allocated), so that `run_chunks` afterwards times only the network."""
+        nodes, pairs = plan.node_bucket, plan.pair_bucket
+        out = self.executable(nodes, "nodes")(
+            self.params, pad_chunk(plan.nodes[0], nodes), self.constants
+        )
+        jax.block_until_ready(out)
+        features = np.zeros((pairs.n_nodes, self.feature_dim), np.float32)
+        out = self.executable(pairs, "pairs")(
+            self.params, features, pad_chunk(plan.pairs[0], pairs), self.constants
+        )
+        jax.block_until_ready(out)
 
     def run_chunks(
-        self, graph: NeighborGraph, chunks: list[Chunk], bucket: Bucket, *, overlap: bool = True
+        self, graph: NeighborGraph, plan: ChunkPlan, *, overlap: bool = True
     ) -> AssembledIrreps:
-        """Run ``chunks`` of ``graph`` (from `plan_chunks`) in ``bucket`` and assemble the
-        outputs of their core atoms and owned canonical pairs.
+        """Run the chunks of ``plan`` (from `plan_chunks` for ``graph``): node chunks first,
+        then pair chunks fed with the assembled node features; returns the outputs of every
+        atom and canonical pair.
 
-        The list is emptied as the chunks are run (each is freed once assembled). Chunk k + 1
-        is padded and dispatched before the outputs of chunk k are copied out, so host work
-        overlaps the network where dispatch is asynchronous.
+        The plan's lists are emptied as the chunks are run (each is freed once assembled).
+        Chunk k + 1 is padded and dispatched before the outputs of chunk k are copied out, so
+        host work overlaps the network where dispatch is asynchronous.
         """
-        exe = self.executable(bucket)
         out = AssembledIrreps.create(
             graph,
-            self.layout.onsite_irreps.dim,
-            self.layout.hopping_irreps.dim,
+            self.layout,
+            self.feature_dim,
             overlap and self.bundle.config.predict_overlap,
         )
-        n_chunks = len(chunks)
+        n_node_chunks, n_pair_chunks = len(plan.nodes), len(plan.pairs)
+        self._stream("nodes", plan.nodes, plan.node_bucket, out)
+        self._stream("pairs", plan.pairs, plan.pair_bucket, out)
+        out.features = np.zeros((0, 0), np.float32)
+        logger.info(
+            "ran %d atoms in %d node chunks of bucket %s, %d pairs in %d pair chunks of bucket %s",
+            graph.n_atoms,
+            n_node_chunks,
+            plan.node_bucket.to_dict(),
+            graph.n_pairs,
+            n_pair_chunks,
+            plan.pair_bucket.to_dict(),
+        )
+        return out
+
+    def _stream(
+        self, stage: Part, chunks: list[Chunk], bucket: Bucket, out: AssembledIrreps
+    ) -> None:
+        exe = self.executable(bucket, stage)
         chunks.reverse()
-        pending: tuple[Chunk, HamiltonianIrreps] | None = None
+        pending: tuple[Chunk, Any] | None = None
         while chunks:
             chunk = chunks.pop()
-            result = exe(self.params, pad_chunk(chunk, bucket), self.constants)
+            batch = pad_chunk(chunk, bucket)
+            if stage == "nodes":
+                result = exe(self.params, batch, self.constants)
+            else:
+                features = np.zeros((bucket.n_nodes, out.features.shape[1]), np.float32)
+                features[: chunk.atoms.shape[0]] = out.features[chunk.atoms]
+                result = exe(self.params, features, batch, self.constants)
             if pending is not None:
                 out.add(*pending)
             pending = (chunk, result)
         if pending is not None:
             out.add(*pending)
-        logger.info(
-            "ran %d atoms, %d pairs in %d chunks of bucket %s",
-            graph.n_atoms,
-            graph.n_pairs,
-            n_chunks,
-            bucket.to_dict(),
-        )
-        return out
 
     def decode_assembled(self, out: AssembledIrreps) -> SparseHamiltonian:
         """Orbital blocks of assembled irreps (H first; its irreps are dropped before S is
@@ -370,33 +449,65 @@ class Predictor:
 
 
 @dataclass(eq=False)
+class ChunkPlan:
+    """How one large structure is run: node chunks and pair chunks, each padded to one bucket.
+
+    Attributes:
+        nodes: node chunks (cores partition the atoms; halo of edge hops; no pairs).
+        node_bucket: the bucket every node chunk is padded to.
+        pairs: pair chunks (every directed pair in exactly one; no edges).
+        pair_bucket: the bucket every pair chunk is padded to.
+    """
+
+    nodes: list[Chunk]
+    node_bucket: Bucket
+    pairs: list[Chunk]
+    pair_bucket: Bucket
+
+
+@dataclass(eq=False)
 class AssembledIrreps:
     """Network outputs of one structure assembled from its chunks (float32, host).
 
     Attributes:
         graph: the structure with its **canonical** hopping pairs only (in the order of the
             full graph; no edges): all that `decode_blocks` reads.
+        features: ``[n_atoms, feature_dim]`` node features from the node chunks (read by the
+            pair chunks; emptied once they ran).
         onsite_h, onsite_s: ``[n_atoms, onsite_dim]`` (S arrays None without S).
-        hopping_h, hopping_s: ``[n_canonical_pairs, hopping_dim]``.
+        hopping_h, hopping_s: ``[n_canonical_pairs, hopping_dim]``: the mean of every
+            canonical pair's output and its partner's transposed output, as in
+            `HamiltonianModel` (each half added when its pair chunk is assembled).
         canonical_row: int64 ``[n_pairs]`` row of every full-graph pair in the hopping
             arrays, −1 for the non-canonical ones (decoded as their partner's mirror).
+        partner_row: int64 ``[n_pairs]`` hopping row of every full-graph pair's partner.
+        pair_i, pair_j: species index (`OutputLayout`) of every full-graph pair's atoms.
+        transpose_index, transpose_sign: `OutputLayout.hopping_transpose`.
     """
 
     graph: NeighborGraph
+    features: np.ndarray
     onsite_h: np.ndarray
     hopping_h: np.ndarray
     onsite_s: np.ndarray | None
     hopping_s: np.ndarray | None
     canonical_row: np.ndarray
+    partner_row: np.ndarray
+    species_i: np.ndarray
+    species_j: np.ndarray
+    n_species: int
+    transpose_index: np.ndarray
+    transpose_sign: np.ndarray
 
     @classmethod
     def create(
-        cls, graph: NeighborGraph, onsite_dim: int, hopping_dim: int, with_s: bool
+        cls, graph: NeighborGraph, layout: OutputLayout, feature_dim: int, with_s: bool
     ) -> AssembledIrreps:
         canon = canonical_pair_mask(graph.pair_i, graph.pair_j, graph.pair_shift)  # [n_pairs]
         n_canon = int(canon.sum())
         canonical_row = np.full(graph.n_pairs, -1, dtype=np.int64)
         canonical_row[canon] = np.arange(n_canon)
+        partner = pair_partner_index(graph.pair_i, graph.pair_j, graph.pair_shift)
         canonical = NeighborGraph(
             structure=graph.structure,
             edge_i=graph.edge_i[:0],
@@ -408,30 +519,59 @@ class AssembledIrreps:
             pair_shift=graph.pair_shift[canon],
             pair_vec=graph.pair_vec[canon],
         )
+        species = layout.species_table[graph.structure.numbers]
+        index, sign = layout.hopping_transpose
+        onsite_dim, hopping_dim = layout.onsite_irreps.dim, layout.hopping_irreps.dim
 
         def z(n: int, d: int) -> np.ndarray:
             return np.zeros((n, d), dtype=np.float32)
 
         return cls(
             graph=canonical,
+            features=z(graph.n_atoms, feature_dim),
             onsite_h=z(graph.n_atoms, onsite_dim),
             hopping_h=z(n_canon, hopping_dim),
             onsite_s=z(graph.n_atoms, onsite_dim) if with_s else None,
             hopping_s=z(n_canon, hopping_dim) if with_s else None,
             canonical_row=canonical_row,
+            partner_row=canonical_row[partner],
+            species_i=species[graph.pair_i].astype(np.int64),
+            species_j=species[graph.pair_j].astype(np.int64),
+            n_species=layout.n_species,
+            transpose_index=index,
+            transpose_sign=sign,
         )
 
-    def add(self, chunk: Chunk, out: HamiltonianIrreps) -> None:
-        """Copy the outputs of ``chunk``'s core atoms and owned canonical pairs."""
-        rows = self.canonical_row[chunk.pairs[chunk.owned]]  # [n_owned], −1: not canonical
-        keep = rows >= 0
-        src, dst = chunk.owned[keep], rows[keep]
-        atoms = chunk.atoms[chunk.core]
-        self.onsite_h[atoms] = np.asarray(out.onsite_h)[chunk.core]
-        self.hopping_h[dst] = np.asarray(out.hopping_h)[src]
-        if self.onsite_s is not None and self.hopping_s is not None:
-            self.onsite_s[atoms] = np.asarray(out.onsite_s)[chunk.core]
-            self.hopping_s[dst] = np.asarray(out.hopping_s)[src]
+    def add(self, chunk: Chunk, out: NodeOutputs | PairOutputs) -> None:
+        """Copy a node chunk's core outputs, or add a pair chunk's halves of the hopping
+        outputs."""
+        if isinstance(out, NodeOutputs):
+            local = chunk.core
+            atoms = chunk.atoms[local]
+            self.features[atoms] = np.asarray(out.features)[local]
+            self.onsite_h[atoms] = np.asarray(out.onsite_h)[local]
+            if self.onsite_s is not None:
+                self.onsite_s[atoms] = np.asarray(out.onsite_s)[local]
+            return
+        n = chunk.pairs.shape[0]
+        self._add_halves(self.hopping_h, chunk.pairs, np.asarray(out.hopping_h)[:n])
+        if self.hopping_s is not None:
+            self._add_halves(self.hopping_s, chunk.pairs, np.asarray(out.hopping_s)[:n])
+
+    def _add_halves(self, target: np.ndarray, rows: np.ndarray, x: np.ndarray) -> None:
+        """``target[c] = ½ (x_c + Pᵀ x_partner(c))`` built from both sides: a canonical
+        pair adds ½ x, a non-canonical one ½ of its transposed output to its partner's row
+        (halving is exact in float32, so this is the network's ``½ (x + xt)``)."""
+        dst = self.canonical_row[rows]
+        direct = dst >= 0
+        target[dst[direct]] += 0.5 * x[direct]
+        mirror = ~direct
+        r = rows[mirror]
+        kind = self.species_j[r] * self.n_species + self.species_i[r]  # the partner's kind
+        xt = self.transpose_sign[kind] * np.take_along_axis(
+            x[mirror], self.transpose_index[kind], axis=1
+        )
+        target[self.partner_row[r]] += 0.5 * xt
 
 
 def batch_spec(bucket: Bucket) -> GraphBatch:

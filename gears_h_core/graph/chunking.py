@@ -1,19 +1,22 @@
 """Split the graph of one large structure into chunks that fit a padding bucket.
 
-A chunk predicts, exactly, the outputs of a set ``C`` of *core* atoms:
+A large structure is predicted in two passes (`gears_h_core.predict`), each over chunks whose
+*core* atoms partition the structure:
 
-* **pairs**: every hopping pair with ``i ∈ C`` or ``j ∈ C``. The pair list is full, so the
-  partner ``(j, i, −n)`` of every such pair is in the chunk too and the network's partner
-  symmetrisation sees the same two rows as in the whole structure.
-* **needed nodes**: ``C`` and the endpoints of those pairs; the readouts use the final
-  features (all layers) of these nodes only.
-* **halo**: the node features after ``T = n_interactions`` message-passing layers depend on
-  the nodes up to ``T`` edge hops away. Nodes are collected level by level (level ``d`` =
-  ``d`` hops from the needed nodes, ``d ≤ T``) and the chunk keeps every interaction edge
-  whose *receiver* is on a level ``d < T``. A node on level ``d`` then has exact features up
-  to layer ``T − d`` (by induction: its incoming edges are all present and its neighbours lie
-  on levels ``≤ d + 1``), so the needed nodes (``d = 0``) are exact in every layer. Nodes on
-  level ``T`` only send their embedding.
+* **node chunks** give the node features (every layer) and on-site outputs of their core
+  atoms. The features after ``T = n_interactions`` message-passing layers depend on the nodes
+  up to ``T`` edge hops away, so a node chunk holds a **halo**: nodes are collected level by
+  level (level ``d`` = ``d`` hops from the core, ``d ≤ T``) and the chunk keeps every
+  interaction edge whose *receiver* is on a level ``d < T``. A node on level ``d`` then has
+  exact features up to layer ``T − d`` (by induction: its incoming edges are all present and
+  its neighbours lie on levels ``≤ d + 1``), so the core (``d = 0``) is exact in every layer.
+  Nodes on level ``T`` only send their embedding. A node chunk has no pairs.
+* **pair chunks** hold every hopping pair ``(i, j, n)`` with ``i`` in the core and, as nodes,
+  the core and those pairs' ``j`` (their features come from the node pass): no halo and no
+  edges, and every directed pair is in exactly one pair chunk. Partner symmetrisation
+  (``H_ji(−T) = H_ij(T)ᵀ``) happens when the outputs are assembled.
+
+Pair readouts cost most of the network, and without a halo each pair is evaluated once.
 
 Chunks are sub-graphs of the full graph: node identity is the atom index modulo the lattice,
 so periodic images need no special care, and edge/pair vectors are taken from the full graph
@@ -30,10 +33,10 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
-from gears_h_core.graph.neighbors import pair_partner_index
 from gears_h_core.graph.padding import (
     Bucket,
     BucketOverflowError,
@@ -45,6 +48,8 @@ from gears_h_core.graph.padding import (
 from gears_h_core.structure import Structure
 from gears_h_core.types import NeighborGraph
 
+Part = Literal["nodes", "pairs"]
+
 
 @dataclass(frozen=True, eq=False)
 class Chunk:
@@ -53,21 +58,17 @@ class Chunk:
     Attributes:
         graph: the chunk as a `NeighborGraph` with chunk-local node indices; its
             ``structure`` holds the chunk's atoms (numbers, positions; the full cell and pbc).
+            A node chunk has no pairs, a pair chunk no edges.
         atoms: ``[n_chunk_atoms]`` full-structure index of every chunk node (sorted).
-        pairs: ``[n_chunk_pairs]`` full-graph row of every chunk pair (sorted).
-        core: ``[n_core]`` chunk-local indices of the core atoms (their on-site outputs are
-            read back).
-        owned: ``[n_owned]`` chunk-local pair rows with a core atom as ``i`` (their hopping
-            outputs are read back; every full-graph pair is owned by exactly one chunk).
-        partner: ``[n_chunk_pairs]`` chunk-local row of every pair's partner ``(j, i, −n)``.
+        pairs: ``[n_chunk_pairs]`` full-graph row of every chunk pair (sorted); all of them
+            have a core atom as ``i``.
+        core: ``[n_core]`` chunk-local indices of the core atoms (sorted).
     """
 
     graph: NeighborGraph
     atoms: np.ndarray
     pairs: np.ndarray
     core: np.ndarray
-    owned: np.ndarray
-    partner: np.ndarray
 
     @property
     def n_core(self) -> int:
@@ -102,10 +103,11 @@ def _gather(order: np.ndarray, indptr: np.ndarray, nodes: np.ndarray) -> np.ndar
 
 
 class GraphChunker:
-    """Chunks of one `NeighborGraph` for a network with ``n_interactions`` layers.
+    """Node and pair chunks of one `NeighborGraph` for a network with ``n_interactions``
+    layers.
 
-    Holds CSR indices of the edges (by receiver) and pairs (by ``i``) and the pair partners,
-    built once; `chunk` and `split` then work per chunk. Not thread-safe (scratch arrays).
+    Holds CSR indices of the edges (by receiver) and pairs (by ``i``), built once; `chunk`
+    and `split` then work per chunk. Not thread-safe (scratch arrays).
     """
 
     def __init__(self, graph: NeighborGraph, n_interactions: int) -> None:
@@ -120,35 +122,40 @@ class GraphChunker:
         self._pair_j = np.asarray(graph.pair_j, dtype=np.int64)
         self._edges_by_i = _csr(self._edge_i, n)
         self._pairs_by_i = _csr(self._pair_i, n)
-        self.partner = pair_partner_index(graph.pair_i, graph.pair_j, graph.pair_shift)
         # scratch, always reset to -1 after use
         self._local = np.full(n, -1, dtype=np.int64)
 
     # -- one chunk ------------------------------------------------------------------------
-    def chunk(self, core: np.ndarray) -> Chunk:
-        """The chunk whose core atoms are ``core`` (full-structure indices, any order)."""
+    def chunk(self, core: np.ndarray, part: Part) -> Chunk:
+        """The node or pair chunk whose core atoms are ``core`` (full-structure indices, any
+        order)."""
         g = self.graph
         n = g.n_atoms
         core = np.asarray(core, dtype=np.int64)
-        owned_rows = _gather(*self._pairs_by_i, core)  # pairs with i in core
-        pairs = np.union1d(owned_rows, self.partner[owned_rows])  # [n_chunk_pairs], sorted
-
-        # level 0: the needed nodes; level d: d edge hops from them (masks over all atoms)
         seen = np.zeros(n, dtype=bool)
         seen[core] = True
-        seen[self._pair_j[owned_rows]] = True
-        level = np.flatnonzero(seen)
-        edge_parts = []
-        for _ in range(self.n_interactions):
-            rows = _gather(*self._edges_by_i, level)  # every edge received by this level
-            edge_parts.append(rows)
-            fresh = np.zeros(n, dtype=bool)
-            fresh[self._edge_j[rows]] = True
-            fresh &= ~seen
-            seen |= fresh
-            level = np.flatnonzero(fresh)
+        no_rows = np.zeros(0, dtype=np.int64)
+        if part == "pairs":
+            pairs = np.sort(_gather(*self._pairs_by_i, core))  # every pair with i in core
+            seen[self._pair_j[pairs]] = True
+            edges = no_rows
+        elif part == "nodes":
+            pairs = no_rows
+            # level 0: the core; level d: d edge hops from it
+            level = np.flatnonzero(seen)
+            edge_parts = [no_rows]
+            for _ in range(self.n_interactions):
+                rows = _gather(*self._edges_by_i, level)  # every edge received by this level
+                edge_parts.append(rows)
+                fresh = np.zeros(n, dtype=bool)
+                fresh[self._edge_j[rows]] = True
+                fresh &= ~seen
+                seen |= fresh
+                level = np.flatnonzero(fresh)
+            edges = np.sort(np.concatenate(edge_parts))
+        else:
+            raise ValueError(f"part: 'nodes' or 'pairs', got {part!r}")
         atoms = np.flatnonzero(seen)  # [n_chunk_atoms], sorted
-        edges = np.sort(np.concatenate(edge_parts)) if edge_parts else np.zeros(0, np.int64)
 
         local = self._local
         local[atoms] = np.arange(atoms.shape[0], dtype=np.int64)
@@ -158,9 +165,6 @@ class GraphChunker:
             core_local = local[core]
         finally:
             local[atoms] = -1
-        is_core = np.zeros(atoms.shape[0], dtype=bool)
-        is_core[core_local] = True
-        owned = np.flatnonzero(is_core[pair_i])
 
         st = g.structure
         structure = Structure(
@@ -177,27 +181,19 @@ class GraphChunker:
             pair_shift=g.pair_shift[pairs],
             pair_vec=g.pair_vec[pairs],
         )
-        return Chunk(
-            graph=sub,
-            atoms=atoms,
-            pairs=pairs,
-            core=np.sort(core_local),
-            owned=owned,
-            partner=np.searchsorted(pairs, self.partner[pairs]),
-        )
+        return Chunk(graph=sub, atoms=atoms, pairs=pairs, core=np.sort(core_local))
 
     # -- a partition into chunks that fit ----------------------------------------------------
-    def split(self, budget: Bucket) -> Iterator[Chunk]:
-        """Chunks whose cores partition the atoms and whose real counts each fit ``budget``
-        (as one graph: `Bucket.fits`).
+    def split(self, budget: Bucket, part: Part) -> Iterator[Chunk]:
+        """Node or pair chunks whose cores partition the atoms and whose real counts each fit
+        ``budget`` (as one graph: `Bucket.fits`).
 
         Cores come from recursive bisection of the atom positions along the longest extent,
         into ``ceil(n / m)`` balanced leaves for a core size ``m``. ``m`` starts at an upper
-        estimate (the budget's pairs and edges over the structure's pairs and edges per atom)
-        and shrinks whenever a leaf's chunk does not fit, to ``0.95 / fill`` of that leaf
-        (``fill``: its largest ratio of real count to budget). Until the first chunk fits,
-        the bisection starts over with the new size, so the chunks come out balanced and
-        close to full.
+        estimate (the budget's edges, or pairs, over the structure's per atom) and shrinks
+        whenever a leaf's chunk does not fit, to ``0.95 / fill`` of that leaf (``fill``: its
+        largest ratio of real count to budget). Until the first chunk fits, the bisection
+        starts over with the new size, so the chunks come out balanced and close to full.
 
         Raises:
             BucketOverflowError: the chunk of a single core atom does not fit ``budget``.
@@ -205,12 +201,8 @@ class GraphChunker:
         g = self.graph
         n = g.n_atoms
         cap = (budget.n_nodes - 1, budget.n_edges, budget.n_pairs)
-        estimate = min(
-            cap[0],
-            cap[1] * n / max(g.n_edges, 1),
-            cap[2] * n / max(g.n_pairs, 1),
-        )
-        m = max(1, math.floor(estimate))
+        rows, room = (g.n_pairs, cap[2]) if part == "pairs" else (g.n_edges, cap[1])
+        m = max(1, math.floor(min(cap[0], room * n / max(rows, 1))))
         positions = np.asarray(g.structure.positions, dtype=np.float64)
         everything = np.arange(n, dtype=np.int64)
         stack = [everything]
@@ -223,7 +215,7 @@ class GraphChunker:
                 stack.append(high)
                 stack.append(low)
                 continue
-            chunk = self.chunk(idx)
+            chunk = self.chunk(idx, part)
             counts = chunk.counts()
             if budget.fits(*counts, 1):
                 emitted += 1
@@ -232,8 +224,8 @@ class GraphChunker:
             if idx.shape[0] == 1:
                 a, e, p = counts
                 raise BucketOverflowError(
-                    f"atom {int(idx[0])}: its chunk alone ({a} atoms, {e} edges, {p} pairs "
-                    f"within {self.n_interactions} interaction hops) does not fit "
+                    f"atom {int(idx[0])}: its {part[:-1]} chunk alone ({a} atoms, {e} edges, "
+                    f"{p} pairs within {self.n_interactions} interaction hops) does not fit "
                     f"{budget.to_dict()}; raise max_atoms, edges_per_atom or pairs_per_atom "
                     "of the ladder"
                 )
@@ -277,9 +269,9 @@ def _round8(value: float) -> int:
 
 def pad_chunk(chunk: Chunk, bucket: Bucket) -> GraphBatch:
     """`pad_graphs` of the chunk's graph alone (same arrays, same conventions: dummy node and
-    dummy graph last, padded edges and pairs between dummy nodes with a finite vector, a
-    padded pair its own partner), with the pair partners the chunk already knows instead of a
-    new search.
+    dummy graph last, padded edges and pairs between dummy nodes with a finite vector),
+    except ``pair_partner``: every pair is its own partner, since the stages that read chunk
+    batches do not symmetrise (partners meet when the outputs are assembled).
 
     Raises:
         BucketOverflowError: the chunk does not fit ``bucket``.
@@ -291,9 +283,6 @@ def pad_chunk(chunk: Chunk, bucket: Bucket) -> GraphBatch:
             f"bucket {bucket.to_dict()} (which reserves 1 dummy node and 1 dummy graph)"
         )
     dummy_node, dummy_graph = bucket.n_nodes - 1, bucket.n_graphs - 1
-
-    partner = np.arange(bucket.n_pairs, dtype=np.int32)
-    partner[: g.n_pairs] = chunk.partner
     return GraphBatch(
         numbers=padded_index(g.structure.numbers, bucket.n_nodes, 0),
         node_mask=padded_mask(g.n_atoms, bucket.n_nodes),
@@ -306,7 +295,7 @@ def pad_chunk(chunk: Chunk, bucket: Bucket) -> GraphBatch:
         pair_j=padded_index(g.pair_j, bucket.n_pairs, dummy_node),
         pair_vec=padded_vectors(g.pair_vec, bucket.n_pairs),
         pair_mask=padded_mask(g.n_pairs, bucket.n_pairs),
-        pair_partner=partner,
+        pair_partner=np.arange(bucket.n_pairs, dtype=np.int32),
         graph_mask=padded_mask(1, bucket.n_graphs),
     )
 

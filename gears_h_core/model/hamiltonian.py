@@ -15,6 +15,11 @@ Reads top to bottom:
 5. symmetrisation: hopping outputs are averaged with their partner's transposed output and
    on-site outputs with their own transpose, so hermiticity holds by construction and the
    result does not depend on atom order.
+
+Steps 1-3a/4a/5a run on nodes, 3b/4b on pairs. `NodeStage` and `PairStage` are the two halves
+of `HamiltonianModel` with its parameters, for structures predicted in pieces
+(`gears_h_core.predict`): node features for all atoms first, then hopping outputs pair chunk by
+pair chunk, symmetrised on the host.
 """
 
 from __future__ import annotations
@@ -89,23 +94,37 @@ def _transposed(x: jax.Array, kind: jax.Array, index: jax.Array, sign: jax.Array
     return sign[kind] * jnp.take_along_axis(x, index[kind], axis=1)
 
 
-class HamiltonianModel(nn.Module):
-    """E(3)-equivariant network predicting H (and S) blocks as universal irreps."""
+class _Network(nn.Module):
+    """Fields and the two stages shared by `HamiltonianModel`, `NodeStage` and `PairStage`.
+
+    The stages create their submodules inline under fixed names, so the three modules share
+    one parameter tree: parameters trained with `HamiltonianModel` apply to the stages as they
+    are (each stage reads the part it needs).
+    """
 
     config: ModelConfig
     n_species: int
     onsite_irreps: e3nn.Irreps
     hopping_irreps: e3nn.Irreps
 
-    @nn.compact
-    def __call__(self, batch: GraphBatch, constants: ModelConstants) -> HamiltonianIrreps:
+    @property
+    def feature_irreps(self) -> e3nn.Irreps:
+        """Irreps of the node features the readouts see (every layer, concatenated)."""
         cfg = self.config
-        n_kinds = self.n_species**2
+        return e3nn.Irreps("+".join([cfg.node_irreps] * cfg.n_interactions)).regroup()
+
+    def _species(self, numbers: jax.Array, constants: ModelConstants) -> jax.Array:
+        return constants.species_table[numbers]
+
+    def _nodes(
+        self, batch: GraphBatch, constants: ModelConstants
+    ) -> tuple[e3nn.IrrepsArray, jax.Array, jax.Array | None]:
+        """Steps 1-3 on the nodes: features of every layer and the symmetrised on-site H
+        (and S). Reads the node and edge fields of ``batch`` only."""
+        cfg = self.config
         node_irreps = e3nn.Irreps(cfg.node_irreps)
         stats = constants.stats
-
-        species = constants.species_table[batch.numbers]  # [n_nodes]
-        kind = species[batch.pair_i] * self.n_species + species[batch.pair_j]  # [n_pairs]
+        species = self._species(batch.numbers, constants)  # [n_nodes]
 
         # 1. embedding
         embedding = nn.Embed(self.n_species, cfg.species_embedding, name="species_embedding")(
@@ -130,18 +149,46 @@ class HamiltonianModel(nn.Module):
             )(h, species, batch.edge_i, batch.edge_j, edge_sh, edge_radial)
             layers.append(h)
         h_all = e3nn.concatenate(layers).regroup()
+        assert h_all.irreps == self.feature_irreps, (h_all.irreps, self.feature_irreps)
 
-        # 3. H readouts
+        # 3a. on-site H; with the two-centre baseline the readout starts as a zero correction
+        # to the per-species on-site means (the analysed statistics)
         node_mask = batch.node_mask[:, None]
-        pair_mask = batch.pair_mask[:, None]
-        # with the two-centre baseline, both readouts start as zero corrections to it and to
-        # the per-species on-site means (the analysed statistics)
-        baseline = cfg.two_centre_basis > 0
         onsite = OnsiteReadout(
-            node_irreps, self.onsite_irreps, self.n_species, zero_init=baseline, name="onsite"
+            node_irreps,
+            self.onsite_irreps,
+            self.n_species,
+            zero_init=cfg.two_centre_basis > 0,
+            name="onsite",
         )(h_all, species).array
         onsite = (onsite * stats.onsite_scale[species] + stats.onsite_shift[species]) * node_mask
 
+        # 4a. on-site S: a per-species constant
+        onsite_s = stats.overlap_onsite[species] * node_mask if cfg.predict_overlap else None
+
+        # 5a. symmetrise
+        def sym_onsite(x: jax.Array) -> jax.Array:
+            xt = _transposed(
+                x, species, constants.onsite_transpose_index, constants.onsite_transpose_sign
+            )
+            return 0.5 * (x + xt)
+
+        return h_all, sym_onsite(onsite), None if onsite_s is None else sym_onsite(onsite_s)
+
+    def _pairs(
+        self, h_all: e3nn.IrrepsArray, batch: GraphBatch, constants: ModelConstants
+    ) -> tuple[jax.Array, jax.Array | None]:
+        """Steps 3-4 on the pairs: hopping H (and S) of every directed pair *before* the
+        partner symmetrisation. Reads ``h_all`` and the node and pair fields of ``batch``."""
+        cfg = self.config
+        n_kinds = self.n_species**2
+        stats = constants.stats
+        species = self._species(batch.numbers, constants)
+        kind = species[batch.pair_i] * self.n_species + species[batch.pair_j]  # [n_pairs]
+
+        # 3b. hopping H: network (a zero correction at first when there is a baseline) plus
+        # the two-centre baseline
+        pair_mask = batch.pair_mask[:, None]
         pair_sh, pair_r = edge_features(batch.pair_vec, cfg.sh_lmax)
         cutoff = stats.pair_cutoff[kind]
         pair_radial = radial_basis(pair_r, cutoff, cfg.n_radial) * pair_mask
@@ -151,7 +198,7 @@ class HamiltonianModel(nn.Module):
             self.hopping_irreps,
             n_kinds,
             cfg.radial_hidden,
-            zero_init=baseline,
+            zero_init=cfg.two_centre_basis > 0,
             name="hopping",
         )(h_all, batch.pair_i, batch.pair_j, kind, pair_sh, pair_radial, pair_env).array
         if cfg.two_centre_basis > 0:
@@ -172,14 +219,12 @@ class HamiltonianModel(nn.Module):
             hopping = hopping + two_centre("hopping_two_centre")
         hopping = hopping * stats.hopping_scale[kind] * pair_mask
 
-        # 4. S
-        onsite_s = hopping_s = None
+        # 4b. hopping S: a two-centre function of the pair geometry (the exact form of an
+        # overlap integral)
+        hopping_s = None
         if cfg.predict_overlap and cfg.two_centre_basis > 0:
-            onsite_s = stats.overlap_onsite[species] * node_mask
             hopping_s = two_centre("overlap_two_centre")
-            hopping_s = hopping_s * stats.overlap_scale[kind] * pair_mask
         elif cfg.predict_overlap:
-            onsite_s = stats.overlap_onsite[species] * node_mask
             hopping_s = OverlapReadout(
                 self.hopping_irreps,
                 n_kinds,
@@ -187,14 +232,22 @@ class HamiltonianModel(nn.Module):
                 cfg.radial_hidden,
                 name="overlap",
             )(kind, pair_sh, pair_radial, pair_env).array
+        if hopping_s is not None:
             hopping_s = hopping_s * stats.overlap_scale[kind] * pair_mask
+        return hopping, hopping_s
 
-        # 5. symmetrise
-        def sym_onsite(x: jax.Array) -> jax.Array:
-            xt = _transposed(
-                x, species, constants.onsite_transpose_index, constants.onsite_transpose_sign
-            )
-            return 0.5 * (x + xt)
+
+class HamiltonianModel(_Network):
+    """E(3)-equivariant network predicting H (and S) blocks as universal irreps."""
+
+    @nn.compact
+    def __call__(self, batch: GraphBatch, constants: ModelConstants) -> HamiltonianIrreps:
+        h_all, onsite_h, onsite_s = self._nodes(batch, constants)
+        hopping_h, hopping_s = self._pairs(h_all, batch, constants)
+
+        # 5b. symmetrise the pairs with their partners
+        species = self._species(batch.numbers, constants)
+        kind = species[batch.pair_i] * self.n_species + species[batch.pair_j]
 
         def sym_hopping(x: jax.Array) -> jax.Array:
             xt = _transposed(
@@ -206,8 +259,62 @@ class HamiltonianModel(nn.Module):
             return 0.5 * (x + xt)
 
         return HamiltonianIrreps(
-            onsite_h=sym_onsite(onsite),
-            hopping_h=sym_hopping(hopping),
-            onsite_s=None if onsite_s is None else sym_onsite(onsite_s),
+            onsite_h=onsite_h,
+            hopping_h=sym_hopping(hopping_h),
+            onsite_s=onsite_s,
             hopping_s=None if hopping_s is None else sym_hopping(hopping_s),
         )
+
+
+@struct.dataclass
+class NodeOutputs:
+    """What `NodeStage` gives per node.
+
+    Attributes:
+        features: ``[n_nodes, feature_irreps.dim]`` node features of every layer (the input
+            of the pair readouts).
+        onsite_h: ``[n_nodes, onsite_dim]`` (eV), symmetrised.
+        onsite_s: ``[n_nodes, onsite_dim]`` or None.
+    """
+
+    features: jax.Array
+    onsite_h: jax.Array
+    onsite_s: jax.Array | None
+
+
+@struct.dataclass
+class PairOutputs:
+    """What `PairStage` gives per directed pair, *before* partner symmetrisation (the caller
+    averages each pair with its partner's transposed row, as `HamiltonianModel` does).
+
+    Attributes:
+        hopping_h: ``[n_pairs, hopping_dim]`` (eV).
+        hopping_s: ``[n_pairs, hopping_dim]`` or None.
+    """
+
+    hopping_h: jax.Array
+    hopping_s: jax.Array | None
+
+
+class NodeStage(_Network):
+    """The node half of `HamiltonianModel` (same parameters): message passing and on-site
+    outputs. Reads the node and edge fields of the batch; its pair fields may be empty."""
+
+    @nn.compact
+    def __call__(self, batch: GraphBatch, constants: ModelConstants) -> NodeOutputs:
+        h_all, onsite_h, onsite_s = self._nodes(batch, constants)
+        return NodeOutputs(features=h_all.array, onsite_h=onsite_h, onsite_s=onsite_s)
+
+
+class PairStage(_Network):
+    """The pair half of `HamiltonianModel` (same parameters): hopping outputs of every pair
+    from node features computed by `NodeStage`. Reads the node and pair fields of the batch;
+    its edge fields may be empty. Outputs are not symmetrised (see `PairOutputs`)."""
+
+    @nn.compact
+    def __call__(
+        self, features: jax.Array, batch: GraphBatch, constants: ModelConstants
+    ) -> PairOutputs:
+        h_all = e3nn.IrrepsArray(self.feature_irreps, features)
+        hopping_h, hopping_s = self._pairs(h_all, batch, constants)
+        return PairOutputs(hopping_h=hopping_h, hopping_s=hopping_s)

@@ -1,6 +1,6 @@
-"""Chunked prediction of one large structure (issue 6): the graph is split into chunks that
-fit the largest bucket, with a halo of ``n_interactions`` edge hops, and the assembled result
-equals the unsplit prediction up to float32 round-off.
+"""Chunked prediction of one large structure (issue 6): the graph is split into node chunks
+(with a halo of ``n_interactions`` edge hops) and pair chunks that fit the largest bucket, and
+the assembled result equals the unsplit prediction up to float32 round-off.
 
 One tiny random-parameter model is served twice: with a small ladder (two buckets, so the
 structure must be split) and with a ladder whose single bucket holds the whole structure.
@@ -31,8 +31,9 @@ B, N = 5, 7
 BASIS = OrbitalBasis({B: (0, 1, 0, 1, 2), N: (0, 1, 0, 1, 2)})
 PAIR_CUTOFF = 4.0
 CONFIG = tiny_model_config()  # edge cutoff 3 Å, 2 interactions: halo 4 + 2 × 3 = 10 Å
-# two buckets (<= 50 and <= 99 real atoms): a 240-atom ribbon must be split
-SMALL = BucketLadder(50, 99, 2.0, edges_per_atom=16, pairs_per_atom=32)
+# two buckets (<= 50 and <= 80 real atoms): a 240-atom ribbon must be split into >= 3 node
+# chunks and >= 3 pair chunks
+SMALL = BucketLadder(50, 80, 2.0, edges_per_atom=16, pairs_per_atom=16)
 WHOLE = BucketLadder(240, 240, edges_per_atom=16, pairs_per_atom=32)
 
 
@@ -74,61 +75,83 @@ def _budget(ladder: BucketLadder) -> Bucket:
 
 @pytest.mark.parametrize("shape", [(60, 1), (12, 8)], ids=["ribbon", "sheet"])
 def test_chunks_partition_the_structure(shape: tuple[int, int]) -> None:
-    """Cores partition the atoms, every pair is owned by exactly one chunk, every chunk fits
-    the budget, keeps its pairs' partners and all edges its core receives, and pads exactly
-    like `pad_graphs` (no model needed)."""
+    """Node cores and pair cores each partition the atoms, every directed pair is in exactly
+    one pair chunk, every chunk fits the budget, a node chunk keeps all edges its core
+    receives (and no pairs), a pair chunk holds its pairs' atoms (and no edges), and both pad
+    like `pad_graphs` apart from the partners (no model needed)."""
     structure = hbn_sheet(*shape)
     graph = build_neighbor_graph(structure, CONFIG.edge_cutoff, PAIR_CUTOFF)
     budget = _budget(SMALL)
-    chunks = list(GraphChunker(graph, CONFIG.n_interactions).split(budget))
-    assert len(chunks) >= 3
-    core_atoms = np.concatenate([c.atoms[c.core] for c in chunks])
-    assert np.array_equal(np.sort(core_atoms), np.arange(structure.n_atoms))
-    owned = np.concatenate([c.pairs[c.owned] for c in chunks])
-    assert np.array_equal(np.sort(owned), np.arange(graph.n_pairs))
-    bucket = fitted_bucket(chunks, budget)
-    assert bucket.n_edges <= budget.n_edges and bucket.n_pairs <= budget.n_pairs
-    for c in chunks:
-        assert budget.fits(*c.counts(), 1) and bucket.fits(*c.counts(), 1)
-        # the chunk's rows are the full graph's rows, re-indexed
-        g = c.graph
-        assert np.array_equal(c.atoms[g.pair_i], graph.pair_i[c.pairs])
-        assert np.array_equal(c.atoms[g.pair_j], graph.pair_j[c.pairs])
-        assert np.array_equal(g.pair_shift, graph.pair_shift[c.pairs])
-        assert np.array_equal(g.pair_vec, graph.pair_vec[c.pairs])
-        assert np.array_equal(g.structure.numbers, structure.numbers[c.atoms])
-        # every core atom receives all of its edges
-        n_core_edges = int(np.isin(graph.edge_i, c.atoms[c.core]).sum())
-        assert int(np.isin(g.edge_i, c.core).sum()) == n_core_edges
-        # same batch as pad_graphs (which searches the partners itself)
-        batch, _ = pad_graphs([g], bucket)
-        fast = pad_chunk(c, bucket)
-        for field in dataclasses.fields(batch):
-            a, b = getattr(batch, field.name), getattr(fast, field.name)
-            assert a.dtype == b.dtype and np.array_equal(a, b), field.name
+    chunker = GraphChunker(graph, CONFIG.n_interactions)
+    for part in ("nodes", "pairs"):
+        chunks = list(chunker.split(budget, part))
+        assert len(chunks) >= 3, part
+        core_atoms = np.concatenate([c.atoms[c.core] for c in chunks])
+        assert np.array_equal(np.sort(core_atoms), np.arange(structure.n_atoms))
+        bucket = fitted_bucket(chunks, budget)
+        assert bucket.n_edges <= budget.n_edges and bucket.n_pairs <= budget.n_pairs
+        for c in chunks:
+            assert budget.fits(*c.counts(), 1) and bucket.fits(*c.counts(), 1)
+            g = c.graph
+            assert np.array_equal(g.structure.numbers, structure.numbers[c.atoms])
+            fast = pad_chunk(c, bucket)
+            # every chunk pair is its own partner (partners meet when outputs are assembled)
+            assert np.array_equal(fast.pair_partner, np.arange(bucket.n_pairs))
+            if part == "nodes":
+                # otherwise the same batch as pad_graphs (a node chunk has no pairs to match)
+                batch, _ = pad_graphs([g], bucket)
+                for field in dataclasses.fields(batch):
+                    a, b = getattr(batch, field.name), getattr(fast, field.name)
+                    assert a.dtype == b.dtype and np.array_equal(a, b), field.name
+            else:
+                n, dummy = g.n_pairs, bucket.n_nodes - 1
+                assert np.array_equal(fast.pair_i[:n], g.pair_i)
+                assert np.array_equal(fast.pair_j[:n], g.pair_j)
+                assert (fast.pair_i[n:] == dummy).all() and (fast.pair_j[n:] == dummy).all()
+                assert np.array_equal(fast.pair_vec[:n], g.pair_vec.astype(np.float32))
+                assert fast.pair_mask.sum() == n and fast.pair_mask[:n].all()
+                assert np.array_equal(fast.numbers[: g.n_atoms], g.structure.numbers)
+            if part == "nodes":
+                assert g.n_pairs == 0
+                # every core atom receives all of its edges
+                n_core_edges = int(np.isin(graph.edge_i, c.atoms[c.core]).sum())
+                assert int(np.isin(g.edge_i, c.core).sum()) == n_core_edges
+                continue
+            assert g.n_edges == 0
+            # the chunk's pairs are the full graph's rows with a core atom as i, re-indexed
+            assert np.isin(g.pair_i, c.core).all()
+            assert np.array_equal(c.atoms[g.pair_i], graph.pair_i[c.pairs])
+            assert np.array_equal(c.atoms[g.pair_j], graph.pair_j[c.pairs])
+            assert np.array_equal(g.pair_shift, graph.pair_shift[c.pairs])
+            assert np.array_equal(g.pair_vec, graph.pair_vec[c.pairs])
+        if part == "pairs":
+            rows = np.concatenate([c.pairs for c in chunks])
+            assert np.array_equal(np.sort(rows), np.arange(graph.n_pairs))
 
 
 def test_single_atom_chunk_too_large_is_refused() -> None:
     graph = build_neighbor_graph(hbn_sheet(40, 1), CONFIG.edge_cutoff, PAIR_CUTOFF)
     tiny = Bucket(n_nodes=512, n_edges=16, n_pairs=512, n_graphs=2)
-    with pytest.raises(BucketOverflowError, match="its chunk alone"):
-        list(GraphChunker(graph, CONFIG.n_interactions).split(tiny))
+    with pytest.raises(BucketOverflowError, match="its node chunk alone"):
+        list(GraphChunker(graph, CONFIG.n_interactions).split(tiny, "nodes"))
 
 
 def test_chunked_equals_unsplit(setup: Setup) -> None:
     structure = hbn_sheet(60, 1)  # 240 atoms, 150 Å long, several images per pair along y
     graph = setup.small.graph(structure)
     assert not SMALL.largest.fits(graph.n_atoms, graph.n_edges, graph.n_pairs, 1)
-    chunks, bucket = setup.small.plan_chunks(graph)
-    assert len(chunks) >= 3
+    plan = setup.small.plan_chunks(graph)
+    assert len(plan.nodes) >= 3 and len(plan.pairs) >= 3
     shifts = graph.pair_shift[(graph.pair_i == 0) & (graph.pair_j == 3)]
     assert shifts.shape[0] >= 2  # the same atom pair through several images
 
     (reference,) = setup.whole.predict([structure])  # unsplit, in the one bucket of WHOLE
     (chunked,) = setup.small.predict([structure])  # too large for SMALL: routed to chunks
     assert setup.whole.compile_count == 1
-    # all chunks run in one bucket, compiled once
-    assert setup.small.compile_count == 1 and bucket in setup.small._compiled
+    # node chunks run in one bucket and pair chunks in one: two compilations
+    assert setup.small.compile_count == 2
+    assert ("nodes", plan.node_bucket) in setup.small._compiled
+    assert ("pairs", plan.pair_bucket) in setup.small._compiled
 
     assert chunked.S is not None and reference.S is not None
     n_pairs = graph.n_pairs
@@ -139,4 +162,4 @@ def test_chunked_equals_unsplit(setup: Setup) -> None:
     # predict_large gives the routed result; a second call compiles nothing
     again = setup.small.predict_large(structure)
     assert_block_matrices_close(chunked.H, again.H, rtol=0.0)
-    assert setup.small.compile_count == 1
+    assert setup.small.compile_count == 2
