@@ -481,7 +481,7 @@ class AssembledIrreps:
         canonical_row: int64 ``[n_pairs]`` row of every full-graph pair in the hopping
             arrays, −1 for the non-canonical ones (decoded as their partner's mirror).
         partner_row: int64 ``[n_pairs]`` hopping row of every full-graph pair's partner.
-        pair_i, pair_j: species index (`OutputLayout`) of every full-graph pair's atoms.
+        partner_kind: ``[n_pairs]`` species-pair index of every full-graph pair's partner.
         transpose_index, transpose_sign: `OutputLayout.hopping_transpose`.
     """
 
@@ -493,9 +493,7 @@ class AssembledIrreps:
     hopping_s: np.ndarray | None
     canonical_row: np.ndarray
     partner_row: np.ndarray
-    species_i: np.ndarray
-    species_j: np.ndarray
-    n_species: int
+    partner_kind: np.ndarray
     transpose_index: np.ndarray
     transpose_sign: np.ndarray
 
@@ -519,7 +517,6 @@ class AssembledIrreps:
             pair_shift=graph.pair_shift[canon],
             pair_vec=graph.pair_vec[canon],
         )
-        species = layout.species_table[graph.structure.numbers]
         index, sign = layout.hopping_transpose
         onsite_dim, hopping_dim = layout.onsite_irreps.dim, layout.hopping_irreps.dim
 
@@ -535,9 +532,7 @@ class AssembledIrreps:
             hopping_s=z(n_canon, hopping_dim) if with_s else None,
             canonical_row=canonical_row,
             partner_row=canonical_row[partner],
-            species_i=species[graph.pair_i].astype(np.int64),
-            species_j=species[graph.pair_j].astype(np.int64),
-            n_species=layout.n_species,
+            partner_kind=layout.pair_kinds(graph.structure.numbers, graph.pair_j, graph.pair_i),
             transpose_index=index,
             transpose_sign=sign,
         )
@@ -567,7 +562,7 @@ class AssembledIrreps:
         target[dst[direct]] += 0.5 * x[direct]
         mirror = ~direct
         r = rows[mirror]
-        kind = self.species_j[r] * self.n_species + self.species_i[r]  # the partner's kind
+        kind = self.partner_kind[r]
         xt = self.transpose_sign[kind] * np.take_along_axis(
             x[mirror], self.transpose_index[kind], axis=1
         )

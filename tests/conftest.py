@@ -6,6 +6,9 @@ import os
 
 # BLAS threads oversubscribe the 2-core CI machine when pytest and XLA run side by side.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+# The CLI keeps compiled networks in ~/.cache/gears_h by default; tests write nothing there
+# (the cache itself is tested with an explicit --cache-dir).
+os.environ["GEARS_H_CACHE_DIR"] = "off"
 from pathlib import Path
 
 import pytest

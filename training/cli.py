@@ -149,9 +149,10 @@ def cmd_infer(args: argparse.Namespace) -> int:
     per_file = [(f, read_structure_files([f])) for f in args.structures]
     structures = [s for _, frames in per_file for s in frames]
     with tempfile.TemporaryDirectory() as tmp:
-        from training.export import load_predictor
+        from training.export import default_cache_dir, load_predictor
 
-        predictor = load_predictor(args.model, Path(tmp))
+        cache_dir = None if args.no_cache else (args.cache_dir or default_cache_dir())
+        predictor = load_predictor(args.model, Path(tmp), cache_dir)
         for f, frames in per_file:  # unknown species fail before any compilation
             for k, s in enumerate(frames):
                 try:
@@ -219,9 +220,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if not labeled:
         raise CliError(f"{dataset}: no snapshot folders found")
     with tempfile.TemporaryDirectory() as tmp:
-        from training.export import load_predictor
+        from training.export import default_cache_dir, load_predictor
 
-        predictor = load_predictor(args.model, Path(tmp))
+        predictor = load_predictor(args.model, Path(tmp), default_cache_dir())
         for s in labeled:
             try:
                 predictor.check_species(s.hamiltonian.structure)
@@ -318,6 +319,14 @@ def build_parser() -> argparse.ArgumentParser:
     inf.add_argument(
         "--fermi-energy", type=float, metavar="EV", help="fermi_energy_eV of DeepH output"
     )
+    inf.add_argument(
+        "--cache-dir",
+        type=Path,
+        metavar="DIR",
+        help="keep compiled networks here between runs (default $GEARS_H_CACHE_DIR, else "
+        "$XDG_CACHE_HOME/gears_h; GEARS_H_CACHE_DIR=off disables)",
+    )
+    inf.add_argument("--no-cache", action="store_true", help="compile every time, keep nothing")
     inf.set_defaults(func=cmd_infer)
 
     ev = sub.add_parser("evaluate", help="errors of a model on a data set")

@@ -73,6 +73,12 @@ class TrainingConfig(_Strict):
     ema_decay: float = Field(default=0.99, ge=0, lt=1, description="EMA of parameters")
     eval_every: int = Field(default=1, ge=1, description="validate every N epochs")
     keep_checkpoints: int = Field(default=2, ge=1, description="latest checkpoints kept")
+    checkpoint_every_s: float = Field(
+        default=60.0,
+        ge=0,
+        description="write the latest checkpoint at most this often (seconds; 0: every epoch; "
+        "the last epoch and every new best are always written)",
+    )
 
 
 class Config(_Strict):

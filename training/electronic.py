@@ -117,7 +117,7 @@ def _source(args: argparse.Namespace) -> _Source:
             "give a STRUCTURE file to predict on (or a snapshot/DeepH folder instead of MODEL)"
         )
     from gears_h_core.io.structures import read_structure_files
-    from training.export import load_predictor
+    from training.export import default_cache_dir, load_predictor
 
     path = Path(args.structure)
     if path.is_dir() and (path / "atoms.extxyz").is_file():  # a snapshot folder: its structure
@@ -126,7 +126,7 @@ def _source(args: argparse.Namespace) -> _Source:
     if len(structures) != 1:
         raise ValueError(f"{path}: {len(structures)} frames; give a file with one structure")
     with tempfile.TemporaryDirectory() as tmp:
-        predictor = load_predictor(args.model, Path(tmp))
+        predictor = load_predictor(args.model, Path(tmp), default_cache_dir())
         try:
             predictor.check_species(structures[0])
         except ValueError as exc:

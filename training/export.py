@@ -134,10 +134,35 @@ def export_run(
     return save_bundle(bundle, output)
 
 
-def load_predictor(spec: str, tmp_dir: Path):  # -> gears_h_core.predict.Predictor
+CACHE_ENV = "GEARS_H_CACHE_DIR"
+
+
+def default_cache_dir() -> Path | None:
+    """Where the CLI keeps compiled networks: ``$GEARS_H_CACHE_DIR`` (``off`` or empty: no
+    cache), else ``$XDG_CACHE_HOME/gears_h`` (``~/.cache/gears_h``)."""
+    import os
+
+    value = os.environ.get(CACHE_ENV)
+    if value is not None:
+        return None if value.strip().lower() in ("", "off", "0", "none") else Path(value)
+    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(xdg) / "gears_h"
+
+
+def load_predictor(
+    spec: str, tmp_dir: Path, cache_dir: Path | None = None
+):  # -> gears_h_core.predict.Predictor
     """The `Predictor` of a MODEL argument: a bundle directory, ``default`` (the bundle
     shipped in the package) or a training run directory (exported from its best checkpoint
-    into ``tmp_dir`` first)."""
+    into ``tmp_dir`` first).
+
+    With ``cache_dir``, compiled networks persist there between runs, as in the service:
+    XLA executables in JAX's persistent compilation cache (``cache_dir/xla``) and traced
+    networks in an `ExportCache` (``cache_dir/traced``), so a later command with the same
+    model and padding buckets neither traces nor compiles. An unusable directory (read-only,
+    say) only costs the cache.
+    """
+    from gears_h_core.export_cache import ExportCache
     from gears_h_core.io.bundle import load_bundle
     from gears_h_core.io.model_source import resolve_bundle_path
     from gears_h_core.predict import Predictor
@@ -147,4 +172,13 @@ def load_predictor(spec: str, tmp_dir: Path):  # -> gears_h_core.predict.Predict
         bundle_path = export_run(path, tmp_dir / "bundle")
     else:
         bundle_path = resolve_bundle_path(spec)
-    return Predictor(load_bundle(bundle_path))
+    export_cache = None
+    if cache_dir is not None:
+        try:
+            (cache_dir / "xla").mkdir(parents=True, exist_ok=True)
+        except OSError:
+            pass  # no cache: every command compiles
+        else:
+            jax.config.update("jax_compilation_cache_dir", str(cache_dir / "xla"))
+            export_cache = ExportCache(cache_dir / "traced")
+    return Predictor(load_bundle(bundle_path), export_cache=export_cache)

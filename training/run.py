@@ -286,7 +286,9 @@ def train(config: Config, *, resume: bool = False, log: Logger | None = None) ->
     steps_per_epoch = len(run.train) // tcfg.batch_size  # the remainder is dropped
     tx = make_optimizer(run.config, steps_per_epoch * tcfg.epochs)
     weights = LossWeights(**run.config.loss.model_dump())
-    ckpt = RunCheckpoints(run.config.run_dir, tcfg.keep_checkpoints)
+    ckpt = RunCheckpoints(
+        run.config.run_dir, tcfg.keep_checkpoints, every_s=tcfg.checkpoint_every_s
+    )
     state, fit_s = init_state(run, tx, fit=not (resume and ckpt.has_checkpoint()))
     if fit_s is not None:
         info["two_centre_fit_s"] = round(fit_s, 2)
@@ -346,7 +348,8 @@ def train(config: Config, *, resume: bool = False, log: Logger | None = None) ->
             val = validate(run, state.ema_params, apply)
             if val:
                 metrics.update(val)
-        ckpt.save(state, epoch, None if not val else float(val["val_mae_meV"]))
+        last = stopping or epoch == tcfg.epochs
+        ckpt.save(state, epoch, None if not val else float(val["val_mae_meV"]), force=last)
         with metrics_path.open("a") as fh:
             fh.write(json.dumps(metrics) + "\n")
         if log is not None:

@@ -92,7 +92,6 @@ def fit_two_centre(
     of the overlap term: ``{module name: [n_kinds, n_basis, n_slots]}``."""
     tc = TwoCentreLayout.create(layout.hopping_irreps)
     n_kinds, n_basis = layout.n_species_pairs, config.two_centre_basis
-    table = np.asarray(layout.species_table)
     cutoff_table = np.asarray(stats.pair_cutoff, np.float64)
     h_scale = np.asarray(stats.hopping_scale, np.float64)
     s_scale = np.asarray(stats.overlap_scale, np.float64)
@@ -108,8 +107,7 @@ def fit_two_centre(
         g = ex.graph
         if g.n_pairs == 0:
             continue
-        species = table[np.asarray(g.structure.numbers)]
-        kind = species[g.pair_i] * layout.n_species + species[g.pair_j]
+        kind = layout.pair_kinds(g.structure.numbers, g.pair_i, g.pair_j)
         # pairs padded to a power of two: a few compilations, not one per pair count
         size = max(1024, 1 << (g.n_pairs - 1).bit_length())
         vec = np.zeros((size, 3), np.float32)

@@ -33,7 +33,7 @@ from flax import struct
 from gears_h_core.graph.padding import GraphBatch
 from gears_h_core.model.config import ModelConfig
 from gears_h_core.model.interaction import Interaction, edge_features
-from gears_h_core.model.layout import OutputLayout
+from gears_h_core.model.layout import OutputLayout, pair_kind
 from gears_h_core.model.radial import envelope, radial_basis
 from gears_h_core.model.readout import HoppingReadout, OnsiteReadout, OverlapReadout
 from gears_h_core.model.scale_shift import Statistics
@@ -184,7 +184,7 @@ class _Network(nn.Module):
         n_kinds = self.n_species**2
         stats = constants.stats
         species = self._species(batch.numbers, constants)
-        kind = species[batch.pair_i] * self.n_species + species[batch.pair_j]  # [n_pairs]
+        kind = pair_kind(species, batch.pair_i, batch.pair_j, self.n_species)  # [n_pairs]
 
         # 3b. hopping H: network (a zero correction at first when there is a baseline) plus
         # the two-centre baseline
@@ -247,7 +247,7 @@ class HamiltonianModel(_Network):
 
         # 5b. symmetrise the pairs with their partners
         species = self._species(batch.numbers, constants)
-        kind = species[batch.pair_i] * self.n_species + species[batch.pair_j]
+        kind = pair_kind(species, batch.pair_i, batch.pair_j, self.n_species)
 
         def sym_hopping(x: jax.Array) -> jax.Array:
             xt = _transposed(

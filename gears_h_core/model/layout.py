@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Any
 
 import e3nn_jax as e3nn
 import numpy as np
@@ -62,6 +63,12 @@ def _transpose_map(bi_ij: BlockIrreps, bi_ji: BlockIrreps) -> np.ndarray:
     return bi_ji.matrix.T @ bi_ij.matrix[perm]
 
 
+def pair_kind(species: Any, pair_i: Any, pair_j: Any, n_species: int) -> Any:
+    """Ordered species-pair index ``species[i] · n_species + species[j]`` of every pair, the
+    row of every per-species-pair table (numpy or jax arrays; ``species`` per node)."""
+    return species[pair_i] * n_species + species[pair_j]
+
+
 @dataclass(frozen=True, eq=False)
 class OutputLayout:
     """Universal on-site / hopping irreps for a basis and species list.
@@ -100,6 +107,11 @@ class OutputLayout:
 
     def pair_index(self, z_i: int, z_j: int) -> int:
         return self.species_index(z_i) * self.n_species + self.species_index(z_j)
+
+    def pair_kinds(self, numbers: np.ndarray, pair_i: np.ndarray, pair_j: np.ndarray) -> np.ndarray:
+        """Ordered species-pair index (`pair_index`) of every pair of a structure (host)."""
+        species = self.species_table[np.asarray(numbers)]
+        return pair_kind(species, np.asarray(pair_i), np.asarray(pair_j), self.n_species)
 
     def onsite_block_irreps(self, z: int) -> BlockIrreps:
         ells = self.basis.shells[int(z)]

@@ -125,19 +125,19 @@ class HoppingReadout(nn.Module):
         pair_radial: jax.Array,  # [n_pairs, n_radial], zero beyond cutoff and on padding
         pair_envelope: jax.Array,  # [n_pairs]
     ) -> e3nn.IrrepsArray:
-        h_i = e3nn.flax.Linear(self.hidden, force_irreps_out=True, name="proj_i")(h)[pair_i]
-        h_j = e3nn.flax.Linear(self.hidden, force_irreps_out=True, name="proj_j")(h)[pair_j]
-        a = e3nn.flax.Linear(self.hidden, force_irreps_out=True, name="bilinear_i")(h_i)
-        b = e3nn.flax.Linear(self.hidden, force_irreps_out=True, name="bilinear_j")(h_j)
+        # linear maps (no biases) commute with gathering rows: apply them once per node
+        node_i = e3nn.flax.Linear(self.hidden, force_irreps_out=True, name="proj_i")(h)
+        node_j = e3nn.flax.Linear(self.hidden, force_irreps_out=True, name="proj_j")(h)
+        a = e3nn.flax.Linear(self.hidden, force_irreps_out=True, name="bilinear_i")(node_i)
+        b = e3nn.flax.Linear(self.hidden, force_irreps_out=True, name="bilinear_j")(node_j)
+        proj_sh = e3nn.flax.Linear(narrow(self.hidden), force_irreps_out=True, name="proj_sh")
         features = e3nn.concatenate(
             [
-                h_i,
-                h_j,
-                e3nn.elementwise_tensor_product(a, b, filter_ir_out=self.hidden),
+                node_i[pair_i],
+                node_j[pair_j],
+                e3nn.elementwise_tensor_product(a[pair_i], b[pair_j], filter_ir_out=self.hidden),
                 e3nn.tensor_product(
-                    e3nn.flax.Linear(narrow(self.hidden), force_irreps_out=True, name="proj_sh")(
-                        h_i + h_j
-                    ),
+                    proj_sh(node_i)[pair_i] + proj_sh(node_j)[pair_j],
                     pair_sh,
                     filter_ir_out=self.hidden,
                 ),

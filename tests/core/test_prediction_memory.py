@@ -84,7 +84,6 @@ def child(nx: int, ny: int) -> dict[str, float]:
     """Runs in the subprocess: warm up, then measure one `predict_large`."""
     import gc
 
-
     predictor = _predictor()
     structure = _sheet(nx, ny)
     graph = predictor.graph(structure)

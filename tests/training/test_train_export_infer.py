@@ -70,7 +70,7 @@ def config_dict(data: Path, run_dir: Path, avg_num_neighbors: float | None = Non
         },
         "model": model,
         "optimizer": {"warmup_steps": 1},
-        "training": {"epochs": EPOCHS, "batch_size": 1, "seed": 0},
+        "training": {"epochs": EPOCHS, "batch_size": 1, "seed": 0, "checkpoint_every_s": 0},
     }
 
 
@@ -246,6 +246,42 @@ def test_infer_msgpack_decodes_to_the_predictions(
         assert (res.model.name, res.model.sha256) == ("tiny-butanol", bundle.sha256)
         assert res.timing is None
         assert_same_prediction(pred, res.hamiltonian)
+
+
+def test_infer_keeps_compiled_networks_in_the_cache_dir(
+    workflow: Workflow,
+    predictions: list[SparseHamiltonian],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A second `infer` with the same --cache-dir loads the traced networks instead of
+    tracing them again and predicts the same; --no-cache writes nothing."""
+    import jax
+
+    cache = tmp_path / "cache"
+    previous = jax.config.jax_compilation_cache_dir
+    caplog.set_level("INFO", logger="gears_h_core.predict")
+    try:
+        base = ["infer", str(workflow.bundle), str(workflow.structures), "--cache-dir", str(cache)]
+        run_cli(capsys, [*base, "-o", str(tmp_path / "first.msgpack")])
+        assert "traced networks loaded from disk: 0" in caplog.text
+        entries = sorted((cache / "traced").glob("*.jaxexport"))
+        assert entries and (cache / "xla").is_dir()
+        caplog.clear()
+        run_cli(capsys, [*base, "-o", str(tmp_path / "second.msgpack")])
+        assert "traced networks loaded from disk: 0" not in caplog.text
+        assert "traced networks loaded from disk: 1" in caplog.text
+        assert sorted((cache / "traced").glob("*.jaxexport")) == entries
+        for name in ("first", "second"):
+            decoded = decode_response((tmp_path / f"{name}.msgpack").read_bytes())
+            for res, pred in zip(decoded, predictions, strict=True):
+                assert_same_prediction(pred, res.hamiltonian)
+        other = tmp_path / "other"
+        run_cli(capsys, [*base[:3], "--cache-dir", str(other), "--no-cache"])
+        assert not other.exists()
+    finally:
+        jax.config.update("jax_compilation_cache_dir", previous)
 
 
 def test_infer_snapshot_folders_read_back_bit_exact(

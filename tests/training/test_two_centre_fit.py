@@ -40,9 +40,7 @@ def _two_centre_targets(
     layout: OutputLayout, graph, coefficients: np.ndarray, cutoff: np.ndarray
 ) -> np.ndarray:
     """What a `TwoCentre` with ``coefficients`` gives for the pairs of ``graph`` (unscaled)."""
-    table = np.asarray(layout.species_table)
-    species = table[np.asarray(graph.structure.numbers)]
-    kind = species[graph.pair_i] * layout.n_species + species[graph.pair_j]
+    kind = layout.pair_kinds(graph.structure.numbers, graph.pair_i, graph.pair_j)
     vec = jnp.asarray(graph.pair_vec, jnp.float32)
     basis = radial_basis(safe_norm(vec), jnp.asarray(cutoff[kind]), N_BASIS)
     tc = TwoCentreLayout.create(layout.hopping_irreps)
@@ -86,11 +84,7 @@ def test_fit_recovers_an_exact_two_centre_function() -> None:
     for seed in range(6):
         graph = build_neighbor_graph(_rattled_bn(seed), 3.0, 4.0)
         unscaled = _two_centre_targets(layout, graph, truth, cutoff)
-        kind = (
-            np.asarray(layout.species_table)[graph.structure.numbers][graph.pair_i]
-            * layout.n_species
-            + np.asarray(layout.species_table)[graph.structure.numbers][graph.pair_j]
-        )
+        kind = layout.pair_kinds(graph.structure.numbers, graph.pair_i, graph.pair_j)
         examples.append(
             TrainingExample(
                 name=f"bn{seed}",
@@ -129,9 +123,8 @@ def test_overlap_fit_on_dft_data_is_within_1e_4(shared_data, hbn) -> None:
     fitted = fit_two_centre(examples, layout, analysis.statistics, config)
     held_out = make_example(hbn, layout, 5.0, analysis.pair_cutoff)
     cutoff = np.asarray(analysis.statistics.pair_cutoff)
-    table = np.asarray(layout.species_table)
-    species = table[np.asarray(held_out.graph.structure.numbers)]
-    kind = species[held_out.graph.pair_i] * layout.n_species + species[held_out.graph.pair_j]
+    g = held_out.graph
+    kind = layout.pair_kinds(g.structure.numbers, g.pair_i, g.pair_j)
     vec = jnp.asarray(held_out.graph.pair_vec, jnp.float32)
     tc = TwoCentreLayout.create(layout.hopping_irreps)
     module = TwoCentre(layout.hopping_irreps, layout.n_species_pairs, 16)
@@ -142,6 +135,7 @@ def test_overlap_fit_on_dft_data_is_within_1e_4(shared_data, hbn) -> None:
         tc.harmonics(vec),
     )
     hop = np.asarray(hop) * np.asarray(analysis.statistics.overlap_scale)[kind]
+    species = layout.species_table[g.structure.numbers]
     onsite = np.asarray(analysis.statistics.overlap_onsite)[species]
     pred = decode_blocks(layout, held_out.graph, onsite, hop)
     acc = ErrorAccumulator()

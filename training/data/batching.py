@@ -59,7 +59,7 @@ def make_batch(
         return value if value is not None else np.zeros_like(getattr(e, which[:-1] + "h"))
 
     species = layout.species_table[np.asarray(batch.numbers)]
-    kind = species[np.asarray(batch.pair_i)] * layout.n_species + species[np.asarray(batch.pair_j)]
+    kind = layout.pair_kinds(batch.numbers, batch.pair_i, batch.pair_j)
     onsite_weight = layout.onsite_mask[species] & np.asarray(batch.node_mask)[:, None]
     hopping_weight = layout.hopping_mask[kind] & np.asarray(batch.pair_mask)[:, None]
     node_has_s = np.zeros(n_nodes, np.float32)
