@@ -193,7 +193,9 @@ def test_model_bands_fallback_and_interop_outputs(
     import training.export
 
     # one compiled predictor for every command of this test (MODEL is then only a name)
-    monkeypatch.setattr(training.export, "load_predictor", lambda spec, tmp: predictor)
+    monkeypatch.setattr(
+        training.export, "load_predictor", lambda spec, tmp, cache_dir=None: predictor
+    )
     kpts = "0 0 0; 0.3333333333 0.3333333333 0; 0.5 0 0"
     base = ["bands", "tiny", str(structure), "--kpoints", kpts, "--json"]
 
