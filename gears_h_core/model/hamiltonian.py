@@ -33,6 +33,7 @@ from flax import struct
 from gears_h_core.graph.padding import GraphBatch
 from gears_h_core.model.config import ModelConfig
 from gears_h_core.model.interaction import Interaction, edge_features
+from gears_h_core.model.irreps_ops import Linear
 from gears_h_core.model.layout import OutputLayout, pair_kind
 from gears_h_core.model.radial import envelope, radial_basis
 from gears_h_core.model.readout import HoppingReadout, OnsiteReadout, OverlapReadout
@@ -130,7 +131,7 @@ class _Network(nn.Module):
         embedding = nn.Embed(self.n_species, cfg.species_embedding, name="species_embedding")(
             species
         )
-        h = e3nn.flax.Linear(node_irreps, force_irreps_out=True, name="embedding_linear")(
+        h = Linear(node_irreps, name="embedding_linear")(
             e3nn.IrrepsArray(f"{cfg.species_embedding}x0e", embedding)
         )
 

@@ -9,6 +9,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from gears_h_core.model.irreps_ops import Linear, scale_irreps, tensor_product
+
 
 def gated(irreps: e3nn.Irreps) -> e3nn.Irreps:
     """Irreps of a linear layer's output that `e3nn.gate` turns into ``irreps``.
@@ -54,13 +56,11 @@ class Interaction(nn.Module):
     ) -> e3nn.IrrepsArray:
         n_nodes = h.shape[0]
         h_j = h[edge_j]
-        h_narrow = e3nn.flax.Linear(narrow(self.irreps, 2), force_irreps_out=True, name="proj_sh")(
-            h
-        )[edge_j]
+        h_narrow = Linear(narrow(self.irreps, 2), name="proj_sh")(h)[edge_j]
         messages = e3nn.concatenate(
             [
                 h_j.filter(keep=self.irreps),
-                e3nn.tensor_product(h_narrow, edge_sh, filter_ir_out=self.irreps),
+                tensor_product(h_narrow, edge_sh, self.irreps),
             ]
         ).regroup()
         weights = e3nn.flax.MultiLayerPerceptron(
@@ -68,12 +68,10 @@ class Interaction(nn.Module):
             act=jax.nn.silu,
             output_activation=False,
         )(edge_radial)
-        messages = messages * weights
+        messages = scale_irreps(messages, weights)
         aggregated = e3nn.scatter_sum(messages, dst=edge_i, output_size=n_nodes)
         aggregated = aggregated / math.sqrt(self.avg_num_neighbors)
-        update = e3nn.flax.Linear(gated(self.irreps), force_irreps_out=True, name="message_linear")(
-            aggregated
-        )
+        update = Linear(gated(self.irreps), name="message_linear")(aggregated)
         update = update + e3nn.flax.Linear(
             gated(self.irreps),
             num_indexed_weights=self.n_species,
@@ -83,7 +81,7 @@ class Interaction(nn.Module):
         out = e3nn.gate(update)
         if h.irreps == out.irreps:
             return out + h
-        return out + e3nn.flax.Linear(out.irreps, force_irreps_out=True, name="residual")(h)
+        return out + Linear(out.irreps, name="residual")(h)
 
 
 def edge_features(vectors: jax.Array, sh_lmax: int) -> tuple[e3nn.IrrepsArray, jax.Array]:

@@ -14,6 +14,13 @@ import jax
 import jax.numpy as jnp
 
 from gears_h_core.model.interaction import gated, narrow
+from gears_h_core.model.irreps_ops import (
+    Linear,
+    elementwise_tensor_product,
+    gate_parts,
+    regrouped_copy_index,
+    tensor_product,
+)
 
 
 def _kind_radial_weights(
@@ -39,42 +46,20 @@ def _initializer(zero: bool) -> Any:
     return (lambda: jax.nn.initializers.zeros) if zero else None
 
 
-def indexed_linear(
-    out_irreps: e3nn.Irreps,
-    n_index: int,
-    index: jax.Array,
-    x: e3nn.IrrepsArray,
-    name: str,
-    zero_init: bool = False,
-) -> e3nn.IrrepsArray:
-    """Linear map with its own weights per ``index`` value (species pair), for many rows.
-
-    Same function as ``e3nn.flax.Linear(num_indexed_weights=n_index)`` but without gathering
-    one weight matrix per row (which, for thousands of pairs, materialises gigabytes): the
-    input is spread into ``n_index`` one-hot masked copies and mapped by one shared linear
-    layer, so the cost is one matrix product of width ``n_index * dim``. The √n factor keeps
-    e3nn's fan-in normalisation of the initial weights.
-    """
-    onehot = jax.nn.one_hot(index, n_index, dtype=x.dtype) * jnp.sqrt(float(n_index))
-    spread = e3nn.concatenate([x * onehot[:, k : k + 1] for k in range(n_index)]).regroup()
-    return e3nn.flax.Linear(
-        out_irreps,
-        force_irreps_out=True,
-        parameter_initializer=_initializer(zero_init),
-        name=name,
-    )(spread)
-
-
 def _kind_output(
     out_irreps: e3nn.Irreps,
     n_kinds: int,
     pair_kind: jax.Array,
-    x: e3nn.IrrepsArray,
+    x: e3nn.IrrepsArray | list[e3nn.IrrepsArray],
     pair_envelope: jax.Array,
+    scale: jax.Array | None = None,
     zero_init: bool = False,
 ) -> e3nn.IrrepsArray:
-    """Species-pair-indexed linear map to the universal layout, times the cutoff envelope."""
-    out = indexed_linear(out_irreps, n_kinds, pair_kind, x, name="out", zero_init=zero_init)
+    """Species-pair-indexed linear map to the universal layout (own weights per ordered
+    species pair), times the cutoff envelope."""
+    out = Linear(
+        out_irreps, n_index=n_kinds, parameter_initializer=_initializer(zero_init), name="out"
+    )(x, scale, pair_kind)
     return out * pair_envelope[:, None]
 
 
@@ -89,7 +74,7 @@ class OnsiteReadout(nn.Module):
 
     @nn.compact
     def __call__(self, h: e3nn.IrrepsArray, species: jax.Array) -> e3nn.IrrepsArray:
-        x = e3nn.gate(e3nn.flax.Linear(gated(self.hidden), force_irreps_out=True)(h))
+        x = e3nn.gate(Linear(gated(self.hidden))(h))
         return e3nn.flax.Linear(
             self.out_irreps,
             num_indexed_weights=self.n_species,
@@ -126,35 +111,39 @@ class HoppingReadout(nn.Module):
         pair_envelope: jax.Array,  # [n_pairs]
     ) -> e3nn.IrrepsArray:
         # linear maps (no biases) commute with gathering rows: apply them once per node
-        node_i = e3nn.flax.Linear(self.hidden, force_irreps_out=True, name="proj_i")(h)
-        node_j = e3nn.flax.Linear(self.hidden, force_irreps_out=True, name="proj_j")(h)
-        a = e3nn.flax.Linear(self.hidden, force_irreps_out=True, name="bilinear_i")(node_i)
-        b = e3nn.flax.Linear(self.hidden, force_irreps_out=True, name="bilinear_j")(node_j)
-        proj_sh = e3nn.flax.Linear(narrow(self.hidden), force_irreps_out=True, name="proj_sh")
-        features = e3nn.concatenate(
-            [
-                node_i[pair_i],
-                node_j[pair_j],
-                e3nn.elementwise_tensor_product(a[pair_i], b[pair_j], filter_ir_out=self.hidden),
-                e3nn.tensor_product(
-                    proj_sh(node_i)[pair_i] + proj_sh(node_j)[pair_j],
-                    pair_sh,
-                    filter_ir_out=self.hidden,
-                ),
-                pair_sh,
-            ]
-        ).regroup()
+        node_i = Linear(self.hidden, name="proj_i")(h)
+        node_j = Linear(self.hidden, name="proj_j")(h)
+        a = Linear(self.hidden, name="bilinear_i")(node_i)
+        b = Linear(self.hidden, name="bilinear_j")(node_j)
+        proj_sh = Linear(narrow(self.hidden), name="proj_sh")
+        parts = [
+            node_i[pair_i],
+            node_j[pair_j],
+            elementwise_tensor_product(a[pair_i], b[pair_j], self.hidden),
+            tensor_product(proj_sh(node_i)[pair_i] + proj_sh(node_j)[pair_j], pair_sh, self.hidden),
+            pair_sh,
+        ]
+        # one radial weight per irrep copy of the regrouped features (the order the
+        # weights were defined in), reordered to the parts' order
+        irreps = sum((p.irreps for p in parts), e3nn.Irreps(""))
         weights = _kind_radial_weights(
             self.n_species_pairs,
             pair_kind,
             pair_radial,
             pair_envelope,
-            (self.radial_hidden, self.radial_hidden, features.irreps.num_irreps),
-        )
-        x = features * weights
-        x = e3nn.gate(e3nn.flax.Linear(gated(self.hidden), force_irreps_out=True, name="mix")(x))
+            (self.radial_hidden, self.radial_hidden, irreps.num_irreps),
+        )[:, regrouped_copy_index(irreps)]
+        # mix(concatenate(parts) * weights), gated, then the species-pair-indexed output map
+        x = Linear(gated(self.hidden), name="mix")(parts, weights)
+        gate_in, gates = gate_parts(x)
         return _kind_output(
-            self.out_irreps, self.n_species_pairs, pair_kind, x, pair_envelope, self.zero_init
+            self.out_irreps,
+            self.n_species_pairs,
+            pair_kind,
+            gate_in,
+            pair_envelope,
+            gates,
+            self.zero_init,
         )
 
 
@@ -187,5 +176,10 @@ class OverlapReadout(nn.Module):
         # channels copies of every harmonic, each with its own radial function
         tiled = e3nn.concatenate([pair_sh] * self.channels).regroup()
         return _kind_output(
-            self.out_irreps, self.n_species_pairs, pair_kind, tiled * radial, pair_envelope
+            self.out_irreps,
+            self.n_species_pairs,
+            pair_kind,
+            tiled,
+            pair_envelope,
+            radial,
         )
