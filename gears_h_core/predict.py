@@ -342,24 +342,15 @@ class Predictor:
         )
 
     def plan_chunks(self, graph: NeighborGraph, budget: Bucket | None = None) -> ChunkPlan:
-        """The node and pair chunks of ``graph`` within ``budget`` and the buckets they are
-        padded to (`gears_h_core.graph.chunking.fitted_bucket`).
-
-        By default pair chunks fit `chunk_budget` and node chunks its edge *and* pair room in
-        edges: a node chunk carries no pairs, and per row an edge costs about what a pair
-        does, so its memory goes to edges (fewer chunks, less halo recomputed).
-        """
-        node_budget = budget
-        if budget is None:
-            budget = self.chunk_budget()
-            node_budget = dataclasses.replace(budget, n_edges=budget.n_edges + budget.n_pairs)
-        assert node_budget is not None
+        """The node and pair chunks of ``graph`` within ``budget`` (default `chunk_budget`)
+        and the buckets they are padded to (`gears_h_core.graph.chunking.fitted_bucket`)."""
+        budget = budget if budget is not None else self.chunk_budget()
         chunker = GraphChunker(graph, self.bundle.config.n_interactions)
-        nodes = list(chunker.split(node_budget, "nodes"))
+        nodes = list(chunker.split(budget, "nodes"))
         pairs = list(chunker.split(budget, "pairs"))
         return ChunkPlan(
             nodes=nodes,
-            node_bucket=fitted_bucket(nodes, node_budget),
+            node_bucket=fitted_bucket(nodes, budget),
             pairs=pairs,
             pair_bucket=fitted_bucket(pairs, budget),
         )

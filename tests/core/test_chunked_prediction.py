@@ -33,7 +33,7 @@ PAIR_CUTOFF = 4.0
 CONFIG = tiny_model_config()  # edge cutoff 3 Å, 2 interactions: halo 4 + 2 × 3 = 10 Å
 # two buckets (<= 50 and <= 80 real atoms): a 240-atom ribbon must be split into >= 3 node
 # chunks and >= 3 pair chunks
-SMALL = BucketLadder(16, 30, 2.0, edges_per_atom=16, pairs_per_atom=16)
+SMALL = BucketLadder(50, 80, 2.0, edges_per_atom=16, pairs_per_atom=16)
 WHOLE = BucketLadder(240, 240, edges_per_atom=16, pairs_per_atom=32)
 
 
