@@ -21,8 +21,10 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import os
 import threading
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -46,6 +48,7 @@ from gears_h_core.graph.padding import (
     GraphBatch,
     pad_graphs,
 )
+from gears_h_core.host_memory import release_free_memory
 from gears_h_core.io.bundle import ModelBundle
 from gears_h_core.io.wire import ModelInfo
 from gears_h_core.model.hamiltonian import (
@@ -98,6 +101,21 @@ def params_from_flat(flat: dict[str, np.ndarray]) -> Any:
 Stage = Literal["model", "nodes", "pairs"]
 
 
+def _spare_cores() -> bool:
+    """Whether this process may use more than 2 cores.
+
+    XLA's CPU compiler keeps about 2 cores busy (measured: 6.1 s of CPU time in 3.4 s wall
+    for the node network of the 1,712-atom WSe2-like benchmark). With 2 cores, tracing one
+    network while compiling another does not shorten anything (measured, 3 runs each: cold
+    `infer` 21-24 s either way) and the second compilation's working set adds to the peak
+    memory, so networks are then prepared one after the other.
+    """
+    try:
+        return len(os.sched_getaffinity(0)) > 2
+    except AttributeError:  # not Linux
+        return (os.cpu_count() or 1) > 2
+
+
 @dataclass(frozen=True, eq=False)
 class _Prepared:
     graphs: list[NeighborGraph]
@@ -108,7 +126,8 @@ class _Prepared:
 class Predictor:
     """Predict H (and S) for structures with a loaded bundle.
 
-    Thread-safe for concurrent `predict` calls (compilation is serialised).
+    Thread-safe for concurrent `predict` calls (tracing is serialised; XLA compiles in two
+    worker threads, see `compile_async`).
     """
 
     def __init__(
@@ -137,8 +156,10 @@ class Predictor:
             "pairs": PairStage(**fields),
         }
         self.feature_dim = self.model.feature_irreps.dim
-        self._compiled: dict[tuple[Stage, Bucket], Any] = {}
-        self._lock = threading.Lock()
+        self._compiled: dict[tuple[Stage, Bucket], Future[Any]] = {}
+        self._pool: ThreadPoolExecutor | None = None
+        self._trace_lock = threading.Lock()  # one trace at a time
+        self._lock = threading.Lock()  # guards _compiled, _pool, compile_count
         self.compile_count = 0
 
     @property
@@ -178,40 +199,67 @@ class Predictor:
     def executable(self, bucket: Bucket, stage: Stage = "model") -> Any:
         """The compiled network (``stage``: the whole model, or its node or pair half) for
         ``bucket`` (compiled on first use, then cached)."""
+        return self.compile_async(bucket, stage).result()
+
+    def compile_async(self, bucket: Bucket, stage: Stage = "model") -> Future[Any]:
+        """Start compiling `executable` ``(bucket, stage)``; returns its future.
+
+        The network is traced here, in the calling thread (tracing is Python and holds the
+        GIL), and handed to XLA in a worker thread (XLA releases the GIL), whose freed heap
+        is given back afterwards (`gears_h_core.host_memory`). A caller that needs several
+        executables may ask for all of them first, so that tracing the next overlaps
+        compiling the previous and compiling overlaps running those that are ready
+        (`run_chunks` does where more than 2 cores are available). A failed compilation is
+        forgotten, so the next request retries it.
+        """
         key = (stage, bucket)
-        exe = self._compiled.get(key)
-        if exe is not None:
-            return exe
+        with self._trace_lock:
+            with self._lock:
+                future = self._compiled.get(key)
+            if future is not None:
+                return future
+            lowered, wrap = self._lower(stage, self._spec(stage, bucket))
+            with self._lock:
+                if self._pool is None:
+                    self._pool = ThreadPoolExecutor(2, thread_name_prefix="gears_h-compile")
+                future = self._pool.submit(self._compile, key, lowered, wrap)
+                self._compiled[key] = future
+        return future
+
+    def _compile(self, key: tuple[Stage, Bucket], lowered: Any, wrap: Any) -> Any:
+        try:
+            exe = wrap(lowered.compile())
+        except BaseException:
+            with self._lock:
+                self._compiled.pop(key, None)
+            raise
+        finally:
+            # the worker thread's malloc arena keeps XLA's working set otherwise
+            release_free_memory()
         with self._lock:
-            exe = self._compiled.get(key)
-            if exe is None:
-                spec = self._spec(stage, bucket)
-                if self.export_cache is None:
-                    apply = functools.partial(self._apply, stage)
-                    exe = jax.jit(apply).lower(self.params, *spec).compile()
-                else:
-                    exe = self._compile_exported(stage, spec)
-                self._compiled[key] = exe
-                self.compile_count += 1
-                loaded = (
-                    ""
-                    if self.export_cache is None
-                    else (f", traced networks loaded from disk: {self.export_cache.hits}")
-                )
-                logger.info(
-                    "compiled %s bucket %s (compilations: %d%s)",
-                    stage,
-                    bucket.to_dict(),
-                    self.compile_count,
-                    loaded,
-                )
+            self.compile_count += 1
+            count = self.compile_count
+        loaded = (
+            ""
+            if self.export_cache is None
+            else f", traced networks loaded from disk: {self.export_cache.hits}"
+        )
+        logger.info(
+            "compiled %s bucket %s (compilations: %d%s)", key[0], key[1].to_dict(), count, loaded
+        )
         return exe
 
-    def _compile_exported(self, stage: Stage, spec: tuple[Any, ...]) -> Any:
-        """Compile through the export cache: flat arrays in and out, the output container
+    def _lower(self, stage: Stage, spec: tuple[Any, ...]) -> tuple[Any, Any]:
+        """The lowered network of ``stage`` for the abstract arguments ``spec`` and the
+        function that turns its compiled form into ``(params, *args) -> output``.
+
+        Through the export cache, flat arrays go in and out and the output container is
         rebuilt here (its S fields present or not for every bucket alike, as the model
-        predicts S or not)."""
-        assert self.export_cache is not None
+        predicts S or not).
+        """
+        if self.export_cache is None:
+            apply = functools.partial(self._apply, stage)
+            return jax.jit(apply).lower(self.params, *spec), lambda compiled: compiled
         leaves, treedef = jax.tree.flatten((self.params, *spec))
         container = {"model": HamiltonianIrreps, "nodes": NodeOutputs, "pairs": PairOutputs}[stage]
         names = [f.name for f in dataclasses.fields(container)]
@@ -224,14 +272,17 @@ class Predictor:
 
         b = self.bundle
         parts = (stage, repr(b.config), repr(b.basis), repr(b.species), str(treedef))
-        compiled = self.export_cache.lower(flat_apply, leaves, parts).compile()
+        lowered = self.export_cache.lower(flat_apply, leaves, parts)
 
-        def run(params: Any, *args: Any) -> Any:
-            outs = compiled(*jax.tree.leaves((params, *args)))
-            values = dict.fromkeys(names) | dict(zip(present, outs, strict=True))
-            return container(**values)
+        def wrap(compiled: Any) -> Any:
+            def run(params: Any, *args: Any) -> Any:
+                outs = compiled(*jax.tree.leaves((params, *args)))
+                values = dict.fromkeys(names) | dict(zip(present, outs, strict=True))
+                return container(**values)
 
-        return run
+            return run
+
+        return lowered, wrap
 
     def warmup(self) -> int:
         """Compile every bucket of the ladder; returns the number of buckets."""
@@ -395,6 +446,11 @@ class Predictor:
             overlap and self.bundle.config.predict_overlap,
         )
         n_node_chunks, n_pair_chunks = len(plan.nodes), len(plan.pairs)
+        self.compile_async(plan.node_bucket, "nodes")
+        if _spare_cores():
+            # trace the pair network while the node network compiles, compile it while the
+            # node chunks run
+            self.compile_async(plan.pair_bucket, "pairs")
         self._stream("nodes", plan.nodes, plan.node_bucket, out)
         self._stream("pairs", plan.pairs, plan.pair_bucket, out)
         out.features = np.zeros((0, 0), np.float32)
