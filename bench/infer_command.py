@@ -11,8 +11,9 @@ package manager):
 * ``warm``: the same command again with the now filled cache directory (what every later run
   of the same model on the same bucket sizes costs).
 
-Wall time comes from the parent, peak RSS from ``getrusage(RUSAGE_CHILDREN)`` of a fresh
-helper process per run. Python's bytecode cache is on, as in any default installation (pip
+Each size runs ``--repeats`` times (default 3; every cold run with a new empty cache) and
+reports the median wall time and the largest peak RSS. Wall time comes from the parent, peak
+RSS from ``getrusage(RUSAGE_CHILDREN)`` of a fresh helper process per run. Python's bytecode cache is on, as in any default installation (pip
 and ``uv sync --compile-bytecode`` compile at install time, the Docker images too): the
 script compiles the environment's modules once with ``compileall`` before measuring and
 runs the commands without ``PYTHONDONTWRITEBYTECODE`` (which some sandboxes set; it makes
@@ -29,6 +30,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -85,7 +88,7 @@ def compile_bytecode() -> None:
     )
 
 
-def measure(model: str, sizes: int, work: Path) -> list[dict[str, Any]]:
+def measure(model: str, sizes: int, work: Path, repeats: int) -> list[dict[str, Any]]:
     from ase.io import write
 
     compile_bytecode()
@@ -99,18 +102,27 @@ def measure(model: str, sizes: int, work: Path) -> list[dict[str, Any]]:
         atoms = supercell("wse2", repeat)
         structure = work / f"wse2_{len(atoms)}.extxyz"
         write(structure, atoms)
-        cache = work / f"cache_{len(atoms)}"
         row: dict[str, Any] = {"n_atoms": len(atoms), "model": bundle.name}
         row["random_model"] = random_model
-        for phase in ("cold", "warm"):
-            out = work / f"wse2_{len(atoms)}_{phase}.msgpack"
-            argv = [sys.executable, "-m", "training.cli", "infer", str(bundle_dir)]
-            argv += [str(structure), "-o", str(out), "--cache-dir", str(cache)]
-            r = run_measured(argv)
-            row[f"{phase}_wall_s"] = r["wall_s"]
-            row[f"{phase}_peak_rss"] = r["peak_rss"]
-            row["output_bytes"] = out.stat().st_size
-            print(f"{len(atoms)} atoms, {phase}: {r['wall_s']:.1f} s, {r['peak_rss'] / 1e9:.2f} GB")
+        runs: dict[str, list[dict[str, float]]] = {"cold": [], "warm": []}
+        for k in range(repeats):  # cold (new empty cache), then warm with that cache
+            cache = work / f"cache_{len(atoms)}_{k}"
+            for phase in ("cold", "warm"):
+                out = work / f"wse2_{len(atoms)}_{phase}.msgpack"
+                argv = [sys.executable, "-m", "training.cli", "infer", str(bundle_dir)]
+                argv += [str(structure), "-o", str(out), "--cache-dir", str(cache)]
+                r = run_measured(argv)
+                runs[phase].append(r)
+                row["output_bytes"] = out.stat().st_size
+                print(
+                    f"{len(atoms)} atoms, {phase}: {r['wall_s']:.1f} s, "
+                    f"{r['peak_rss'] / 1e9:.2f} GB"
+                )
+            shutil.rmtree(cache)
+        for phase, rs in runs.items():
+            row[f"{phase}_wall_s"] = statistics.median(r["wall_s"] for r in rs)
+            row[f"{phase}_wall_runs"] = [r["wall_s"] for r in rs]
+            row[f"{phase}_peak_rss"] = max(r["peak_rss"] for r in rs)
         rows.append(row)
     return rows
 
@@ -145,11 +157,14 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="default", help="bundle directory or 'default'")
     p.add_argument("--sizes", type=int, default=2, help="the first N WSe2-like sizes")
+    p.add_argument(
+        "--repeats", type=int, default=3, help="runs per phase (median wall, largest RSS)"
+    )
     p.add_argument("--dry-run", action="store_true", help="print, do not touch RESULTS.md")
     args = p.parse_args(argv)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        rows = measure(args.model, args.sizes, Path(tmp))
+        rows = measure(args.model, args.sizes, Path(tmp), args.repeats)
     r0 = rows[0]
     model = f"model `{r0['model']}`" + (
         " (random parameters with the default model's architecture and ladder; timings only)"
@@ -161,15 +176,18 @@ def main(argv: list[str] | None = None) -> int:
         f"shifts) in a fresh process per run, {model}: cold = empty `--cache-dir` (traces and "
         "compiles every bucket it uses), warm = the same command again with that cache. Wall "
         "time includes the interpreter start, imports, reading the bundle and the structure, "
-        "and writing the output (Python's bytecode cache on, as after any install); peak RSS is "
-        "the command's. Upstream GEARS H (issue 6, this "
+        "and writing the output (Python's bytecode cache on, as after any install); "
+        f"the median of {args.repeats} runs (each cold run with a new empty cache); peak RSS is "
+        "the largest of the command's. Upstream GEARS H (issue 6, this "
         "machine class) writes a dense float32 Γ matrix and recompiles on every call. "
         f"Measured in {time.perf_counter() - t0:.0f} s.\n\n" + table(rows)
     )
     print(body)
     if not args.dry_run:
-        command = "uv run python bench/infer_command.py" + (
-            f" --sizes {args.sizes}" if args.sizes != 2 else ""
+        command = (
+            "uv run python bench/infer_command.py"
+            + (f" --sizes {args.sizes}" if args.sizes != 2 else "")
+            + (f" --repeats {args.repeats}" if args.repeats != 3 else "")
         )
         write_section(SECTION, body, command)
     return 0
