@@ -13,7 +13,8 @@ package manager):
 
 Each size runs ``--repeats`` times (default 3; every cold run with a new empty cache) and
 reports the median wall time and the largest peak RSS. Wall time comes from the parent, peak
-RSS from ``getrusage(RUSAGE_CHILDREN)`` of a fresh helper process per run. Python's bytecode cache is on, as in any default installation (pip
+RSS from ``getrusage(RUSAGE_CHILDREN)`` of a fresh helper process per run. Python's bytecode
+cache is on, as in any default installation (pip
 and ``uv sync --compile-bytecode`` compile at install time, the Docker images too): the
 script compiles the environment's modules once with ``compileall`` before measuring and
 runs the commands without ``PYTHONDONTWRITEBYTECODE`` (which some sandboxes set; it makes

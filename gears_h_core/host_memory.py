@@ -5,8 +5,9 @@ each thread its own malloc arena, and memory freed in one arena is neither retur
 system nor reused by allocations of another thread: after a compilation the worker's arena
 keeps the compiler's peak working set, which then adds to the peak RSS of the prediction
 that follows in the main thread. `release_free_memory` calls glibc's ``malloc_trim(0)``,
-which returns the free pages of every arena. Measured on the 1,712-atom WSe2-like benchmark
-(two networks compiled side by side, then run): peak RSS 1.51 GB without it, 1.16 GB with it.
+which returns the free pages of every arena. Measured on the 1,712-atom WSe2-like benchmark,
+cold `gears_h infer` (networks compiled one after the other): peak RSS 1.42 GB before, 1.14 GB
+with it; with two networks compiled side by side, 1.51 GB without it, 1.16 GB with it.
 
 Elsewhere (macOS, musl) it does nothing.
 """

@@ -213,8 +213,12 @@ class Predictor:
         forgotten, so the next request retries it.
         """
         key = (stage, bucket)
+        with self._lock:  # the hot path: never waits for another bucket's trace
+            future = self._compiled.get(key)
+        if future is not None:
+            return future
         with self._trace_lock:
-            with self._lock:
+            with self._lock:  # traced by another thread while this one waited?
                 future = self._compiled.get(key)
             if future is not None:
                 return future
