@@ -101,8 +101,11 @@ def configure_jax(settings: Settings) -> None:
 
 
 def serving_ladder(bundle_ladder: dict[str, Any], settings: Settings) -> BucketLadder:
-    """The bundle's ladder, with ``GEARS_H_LADDER_MAX_ATOMS`` / ``_MAX_GRAPHS`` applied."""
+    """The bundle's ladder, with ``GEARS_H_LADDER_MAX_ATOMS`` / ``_MAX_GRAPHS`` /
+    ``_SPARSE_TIERS`` applied."""
     params = {k: v for k, v in bundle_ladder.items() if k != "buckets"}
+    if not settings.ladder_sparse_tiers:
+        params.pop("sparse_tiers", None)
     if settings.ladder_max_atoms is not None:
         params["max_atoms"] = settings.ladder_max_atoms
         params["min_atoms"] = min(int(params["min_atoms"]), settings.ladder_max_atoms)

@@ -17,6 +17,8 @@ networks in its ``gears_h_traced/`` so a warm start neither traces nor compiles;
 ``GEARS_H_DRAIN_SECONDS`` (30), ``GEARS_H_WARMUP_RUN`` (``all``: after compiling every bucket
 run each once; ``smallest``: run only the smallest, a faster restart on a CPU), ``GEARS_H_LADDER_MAX_ATOMS`` / ``GEARS_H_LADDER_MAX_GRAPHS``
 (override the bundle's bucket ladder: largest structure, structures per batch),
+``GEARS_H_LADDER_SPARSE_TIERS`` (``true``; ``false`` drops the bundle ladder's sparse bucket
+tier for molecules, halving the warm-up compilations),
 ``GEARS_H_PREPROCESS_THREADS`` (2), ``GEARS_H_GPU_MEMORY_FRACTION`` (sets
 ``XLA_PYTHON_CLIENT_MEM_FRACTION``), ``GEARS_H_LOG_LEVEL`` (``info``) and, for tests only,
 ``GEARS_H_DEBUG_DELAY_MS`` (sleep before every device call, warm-up included).

@@ -88,6 +88,11 @@ class Settings(BaseSettings):
         ge=1,
         description="override the bundle ladder's max_graphs (structures per batch)",
     )
+    ladder_sparse_tiers: bool = Field(
+        default=True,
+        description="keep the bundle ladder's sparse bucket tiers (molecules); false: the dense "
+        "tier only, half the warm-up compilations of a bundle with one sparse tier",
+    )
     preprocess_threads: int = Field(
         default=2, ge=1, le=64, description="threads that parse, build graphs and serialise"
     )

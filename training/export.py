@@ -37,6 +37,28 @@ SERVING_MAX_GRAPHS = 32
 DENSITY_MARGIN = 1.25
 
 
+#: training graphs with at most this share of the densest pairs per atom get a sparse tier
+SPARSE_TIER_SHARE = 1 / 3
+
+
+def sparse_tier(info: dict[str, Any]) -> tuple[tuple[float, float], ...]:
+    """A sparser bucket tier for the training graphs whose pairs per atom are at most a third
+    of the densest's (molecules beside crystals: butanol 14 vs h-BN 82 pairs per atom), sized
+    like the dense tier (their largest edges and pairs per atom, plus the margin); none when
+    there are no such graphs or the run predates ``graph_densities``. One tier at most: every
+    tier adds one compilation per ladder level to the service's warm-up."""
+    densities = [(float(e), float(p)) for e, p in info.get("graph_densities", [])]
+    sparse = [d for d in densities if d[1] <= SPARSE_TIER_SHARE * float(info["pairs_per_atom"])]
+    if not sparse:
+        return ()
+    return (
+        (
+            math.ceil(max(e for e, _ in sparse) * DENSITY_MARGIN),
+            math.ceil(max(p for _, p in sparse) * DENSITY_MARGIN),
+        ),
+    )
+
+
 def serving_ladder(info: dict[str, Any], max_atoms: int) -> BucketLadder:
     return BucketLadder(
         min(SERVING_MIN_ATOMS, max_atoms),
@@ -45,6 +67,7 @@ def serving_ladder(info: dict[str, Any], max_atoms: int) -> BucketLadder:
         edges_per_atom=math.ceil(float(info["edges_per_atom"]) * DENSITY_MARGIN),
         pairs_per_atom=math.ceil(float(info["pairs_per_atom"]) * DENSITY_MARGIN),
         max_graphs=SERVING_MAX_GRAPHS,
+        sparse_tiers=sparse_tier(info),
     )
 
 

@@ -36,9 +36,15 @@ from training.data.snapshot import LabeledStructure, read_dataset
 from training.data.targets import TrainingExample, make_example
 from training.evaluate import ErrorAccumulator
 from training.loss import LossWeights
+from training.onsite_field_fit import fit_onsite_field
 from training.state import TrainState
 from training.steps import make_train_step
-from training.two_centre_fit import fit_two_centre, frozen_labels, with_two_centre
+from training.two_centre_fit import (
+    ONSITE_FIELD_TERM,
+    fit_two_centre,
+    frozen_labels,
+    with_two_centre,
+)
 
 Logger = Callable[[dict[str, Any]], None]
 
@@ -83,7 +89,8 @@ def make_optimizer(config: Config, total_steps: int) -> optax.GradientTransforma
     else:
         base = optax.adam(schedule)
     tx = optax.chain(optax.clip_by_global_norm(opt.grad_clip), base)
-    if config.model.two_centre_basis > 0:  # least-squares two-centre terms stay as fitted
+    model = config.model
+    if model.two_centre_basis > 0 or model.onsite_field_basis > 0:  # least squares stay as fitted
         return optax.multi_transform({"trained": tx, "frozen": optax.set_to_zero()}, frozen_labels)
     return tx
 
@@ -168,6 +175,17 @@ def run_info(run: RunSetup) -> dict[str, Any]:
         "max_atoms": max(e.graph.n_atoms for e in examples),
         "edges_per_atom": max(e.graph.n_edges / e.graph.n_atoms for e in examples),
         "pairs_per_atom": max(e.graph.n_pairs / e.graph.n_atoms for e in examples),
+        # every structure's (edges, pairs) per atom: export sizes a sparser bucket tier for
+        # data that mix sparse (molecules) and dense (crystals) graphs
+        "graph_densities": sorted(
+            {
+                (
+                    round(e.graph.n_edges / e.graph.n_atoms, 2),
+                    round(e.graph.n_pairs / e.graph.n_atoms, 2),
+                )
+                for e in examples
+            }
+        ),
     }
 
 
@@ -205,17 +223,24 @@ class DataParallel:
 def init_state(
     run: RunSetup, tx: optax.GradientTransformation, *, fit: bool = True
 ) -> tuple[TrainState, float | None]:
-    """Fresh parameters, with the two-centre terms fitted by least squares (unless ``fit``
-    is False: a resumed run restores them); returns the state and the fit's seconds."""
+    """Fresh parameters, with the two-centre terms and the on-site crystal field fitted by
+    least squares (unless ``fit`` is False: a resumed run restores them); returns the state
+    and the fit's seconds."""
     bucket = run.ladder.select_for([run.train[0].graph])
     batch, _ = make_batch(run.train[:1], bucket, run.layout)
     key = jax.random.PRNGKey(run.config.training.seed)
     params = jax.jit(run.model.init)(key, jax.tree.map(jnp.asarray, batch), run.constants)
     fit_s = None
-    if fit and run.config.model.two_centre_basis > 0:
-        assert run.analysis.statistics is not None
+    cfg = run.config.model
+    if fit and (cfg.two_centre_basis > 0 or cfg.onsite_field_basis > 0):
+        stats = run.analysis.statistics
+        assert stats is not None
         t = time.monotonic()
-        fitted = fit_two_centre(run.train, run.layout, run.analysis.statistics, run.config.model)
+        fitted = {}
+        if cfg.two_centre_basis > 0:
+            fitted.update(fit_two_centre(run.train, run.layout, stats, cfg))
+        if cfg.onsite_field_basis > 0:
+            fitted[ONSITE_FIELD_TERM] = fit_onsite_field(run.train, run.layout, stats, cfg)
         params = with_two_centre(params, fitted)
         fit_s = time.monotonic() - t
     return TrainState.create(params, tx), fit_s

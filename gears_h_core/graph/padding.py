@@ -95,22 +95,30 @@ def _describe(n_atoms: int, n_edges: int, n_pairs: int, n_graphs: int) -> str:
 
 @dataclass(frozen=True)
 class BucketLadder:
-    """A geometric ladder of padding buckets.
+    """A geometric ladder of padding buckets, in one or more density tiers.
 
     Level ``k`` holds ``a_k = ceil(min_atoms · ratio^k)`` real atoms (the last level exactly
     ``max_atoms``); its bucket has ``n_nodes = round8(a_k + 1)`` (one dummy node),
     ``n_edges = round8(ceil(c · edges_per_atom))`` and ``n_pairs = round8(ceil(c ·
     pairs_per_atom))`` with ``c = n_nodes − 1`` the real-atom capacity, and
     ``n_graphs = max_graphs + 1`` (one dummy graph). ``round8`` rounds up to a positive
-    multiple of 8. Levels with identical sizes are merged, so every dimension is
-    non-decreasing and ``n_nodes`` strictly increasing along ``buckets``.
+    multiple of 8. Levels with identical sizes are merged, so within a tier every dimension
+    is non-decreasing and ``n_nodes`` strictly increasing.
+
+    ``sparse_tiers`` adds, for every level, a bucket per sparser (edges, pairs per atom)
+    density: molecules have ~14 pairs per atom where a crystal of the same model has ~80, and
+    padding them to the dense tier costs ~4x the work (measured on butanol, bench notes in
+    `bench/RESULTS.md`). ``buckets`` lists the dense tier first (its last bucket is
+    `largest`), then each sparse tier; `select` picks the cheapest bucket that fits.
 
     Attributes:
         min_atoms, max_atoms: real atoms (of a whole batch) covered by the first / last level.
         ratio: growth factor between levels (> 1).
-        edges_per_atom, pairs_per_atom: edge / pair budget per real-atom slot.
+        edges_per_atom, pairs_per_atom: edge / pair budget per real-atom slot (dense tier).
         max_graphs: real graphs per batch.
-        buckets: the buckets, smallest first (derived).
+        sparse_tiers: ``(edges_per_atom, pairs_per_atom)`` of sparser tiers, each below the
+            dense tier in both.
+        buckets: the buckets, smallest first within each tier (derived).
     """
 
     min_atoms: int
@@ -120,6 +128,7 @@ class BucketLadder:
     edges_per_atom: float
     pairs_per_atom: float
     max_graphs: int = 1
+    sparse_tiers: tuple[tuple[float, float], ...] = ()
     buckets: tuple[Bucket, ...] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -138,9 +147,20 @@ class BucketLadder:
                 raise ValueError(f"{name}: must be a finite number >= 0, got {value!r}")
         if int(self.max_graphs) != self.max_graphs or self.max_graphs < 1:
             raise ValueError(f"max_graphs: must be a positive integer, got {self.max_graphs!r}")
-        object.__setattr__(self, "buckets", self._make_buckets())
+        tiers = tuple((float(e), float(p)) for e, p in self.sparse_tiers)
+        for e, p in tiers:
+            if not (0.0 <= e <= self.edges_per_atom and 0.0 <= p <= self.pairs_per_atom):
+                raise ValueError(
+                    f"sparse_tiers: ({e}, {p}) edges/pairs per atom must lie between 0 and "
+                    f"the dense tier ({self.edges_per_atom}, {self.pairs_per_atom})"
+                )
+        object.__setattr__(self, "sparse_tiers", tiers)
+        buckets = self._tier(self.edges_per_atom, self.pairs_per_atom)
+        for e, p in tiers:
+            buckets += tuple(b for b in self._tier(e, p) if b not in buckets)
+        object.__setattr__(self, "buckets", buckets)
 
-    def _make_buckets(self) -> tuple[Bucket, ...]:
+    def _levels(self) -> list[int]:
         atoms: list[int] = []
         k = 0
         while True:
@@ -151,14 +171,17 @@ class BucketLadder:
                 break
             atoms.append(a_k)
             k += 1
+        return atoms
+
+    def _tier(self, edges_per_atom: float, pairs_per_atom: float) -> tuple[Bucket, ...]:
         buckets: list[Bucket] = []
-        for a_k in atoms:
+        for a_k in self._levels():
             n_nodes = _round_up(a_k + 1)
             capacity = n_nodes - 1
             bucket = Bucket(
                 n_nodes=n_nodes,
-                n_edges=_round_up(math.ceil(capacity * self.edges_per_atom - 1e-9)),
-                n_pairs=_round_up(math.ceil(capacity * self.pairs_per_atom - 1e-9)),
+                n_edges=_round_up(math.ceil(capacity * edges_per_atom - 1e-9)),
+                n_pairs=_round_up(math.ceil(capacity * pairs_per_atom - 1e-9)),
                 n_graphs=int(self.max_graphs) + 1,
             )
             if not buckets or bucket.n_nodes > buckets[-1].n_nodes:
@@ -167,17 +190,20 @@ class BucketLadder:
 
     @property
     def largest(self) -> Bucket:
-        return self.buckets[-1]
+        """The last bucket of the dense tier: it fits everything any bucket fits."""
+        return max(self.buckets, key=lambda b: (b.n_nodes, b.n_edges, b.n_pairs))
 
     def select(self, n_atoms: int, n_edges: int, n_pairs: int, n_graphs: int = 1) -> Bucket:
-        """The smallest bucket holding the real counts (plus the dummy node and graph).
+        """The cheapest bucket holding the real counts (plus the dummy node and graph):
+        fewest edge and pair slots (the work per edge and per pair dominates), then fewest
+        nodes. With one tier this is the first fitting bucket.
 
         Raises:
             BucketOverflowError: no bucket fits; the message names the largest bucket.
         """
-        for bucket in self.buckets:
-            if bucket.fits(n_atoms, n_edges, n_pairs, n_graphs):
-                return bucket
+        fitting = [b for b in self.buckets if b.fits(n_atoms, n_edges, n_pairs, n_graphs)]
+        if fitting:
+            return min(fitting, key=lambda b: (b.n_edges + b.n_pairs, b.n_nodes))
         largest = self.largest
         raise BucketOverflowError(
             f"batch of {_describe(n_atoms, n_edges, n_pairs, n_graphs)} does not fit the "
@@ -205,6 +231,8 @@ class BucketLadder:
             "edges_per_atom": float(self.edges_per_atom),
             "pairs_per_atom": float(self.pairs_per_atom),
             "max_graphs": int(self.max_graphs),
+            # written only when there are any, so a one-tier ladder keeps its earlier form
+            **({"sparse_tiers": [list(t) for t in self.sparse_tiers]} if self.sparse_tiers else {}),
             "buckets": [b.to_dict() for b in self.buckets],
         }
 
@@ -218,6 +246,7 @@ class BucketLadder:
             "edges_per_atom",
             "pairs_per_atom",
             "max_graphs",
+            "sparse_tiers",
             "buckets",
         }
         unknown = sorted(set(data) - known)
@@ -230,6 +259,7 @@ class BucketLadder:
             edges_per_atom=float(data["edges_per_atom"]),
             pairs_per_atom=float(data["pairs_per_atom"]),
             max_graphs=int(data.get("max_graphs", 1)),
+            sparse_tiers=tuple((float(e), float(p)) for e, p in data.get("sparse_tiers", ())),
         )
         if "buckets" in data:
             stored = tuple(Bucket.from_dict(b) for b in data["buckets"])

@@ -7,6 +7,8 @@ Reads top to bottom:
    *every* layer are concatenated for the readouts, so each layer's messages matter;
 3. on-site readout (species-indexed) and hopping readout (species-pair-indexed) in the
    universal irreps layout, scaled/shifted by per-species(-pair), per-channel statistics;
+   with ``onsite_field_basis > 0`` the on-site output adds a crystal-field term (a sum over
+   neighbours of two-centre functions, fitted by least squares before training);
    with ``two_centre_basis > 0`` the hopping output is a two-centre term (fitted by least
    squares before training, `gears_h_core.model.two_centre`) plus the network's correction;
 4. overlap: a two-centre function of the pair geometry (the exact form of an overlap
@@ -162,6 +164,8 @@ class _Network(nn.Module):
             zero_init=cfg.two_centre_basis > 0,
             name="onsite",
         )(h_all, species).array
+        if cfg.onsite_field_basis > 0:
+            onsite = onsite + self._onsite_field(batch, species, edge_sh, edge_r)
         onsite = (onsite * stats.onsite_scale[species] + stats.onsite_shift[species]) * node_mask
 
         # 4a. on-site S: a per-species constant
@@ -175,6 +179,35 @@ class _Network(nn.Module):
             return 0.5 * (x + xt)
 
         return h_all, sym_onsite(onsite), None if onsite_s is None else sym_onsite(onsite_s)
+
+    def _onsite_field(
+        self,
+        batch: GraphBatch,
+        species: jax.Array,
+        edge_sh: e3nn.IrrepsArray,
+        edge_r: jax.Array,
+    ) -> jax.Array:
+        """On-site crystal field (step 3a): Σ over the interaction neighbours j of atom i of
+        a two-centre function of r_ij in the on-site layout (unscaled), ``[n_nodes, dim]``.
+
+        Each neighbour's potential acting on i's own orbitals, ⟨φ_i|V_j|φ_i'⟩, is such a
+        function of r_ij; its coefficients are least-squares fitted before training
+        (`training.onsite_field_fit`) and the on-site readout learns the rest.
+        """
+        cfg = self.config
+        kind = pair_kind(species, batch.edge_i, batch.edge_j, self.n_species)
+        basis = radial_basis(edge_r, cfg.edge_cutoff, cfg.onsite_field_basis)
+        basis = basis * batch.edge_mask[:, None]
+        tc = TwoCentreLayout.create(self.onsite_irreps)
+        harmonics = (
+            edge_sh.array[:, : (tc.lmax + 1) ** 2]
+            if cfg.sh_lmax >= tc.lmax
+            else tc.harmonics(batch.edge_vec)
+        )
+        per_edge = TwoCentre(
+            self.onsite_irreps, self.n_species**2, cfg.onsite_field_basis, name="onsite_field"
+        )(kind, basis, harmonics)
+        return jax.ops.segment_sum(per_edge, batch.edge_i, num_segments=species.shape[0])
 
     def _pairs(
         self, h_all: e3nn.IrrepsArray, batch: GraphBatch, constants: ModelConstants

@@ -14,6 +14,11 @@ range): f = Σ_n c_kind,slot,n B_n(|r| / r_c,kind).
 The term is linear in its coefficients, so `training.two_centre_fit` sets them by least
 squares (the exact optimum over the training set) before training; the network then learns
 only what the environment adds.
+
+The same form in the on-site layout, summed over an atom's interaction neighbours, is the
+on-site crystal field (`HamiltonianModel` with ``onsite_field_basis > 0``, fitted by
+`training.onsite_field_fit`): the potential of neighbour j acting on atom i's own orbitals,
+⟨φ_i|V_j|φ_i'⟩, is a two-centre function of r_ij.
 """
 
 from __future__ import annotations
@@ -87,7 +92,8 @@ class TwoCentreLayout:
 
 
 class TwoCentre(nn.Module):
-    """Σ_n c[kind, n, slot] B_n(r) · Y_l(r̂) per slot, in the hopping layout (unscaled).
+    """Σ_n c[kind, n, slot] B_n(r) · Y_l(r̂) per slot, in the layout of ``out_irreps``
+    (hopping, or on-site for the crystal field; unscaled).
 
     The coefficients start at zero; `training.two_centre_fit` sets them. Every kind uses
     its own coefficients: the basis values are spread into ``n_kinds`` one-hot copies and

@@ -147,6 +147,12 @@ def test_serving_ladder_overrides() -> None:
     assert same.buckets == base.buckets
     over = serving_ladder(base.to_dict(), Settings(ladder_max_atoms=100, ladder_max_graphs=8))
     assert over.largest.n_nodes > 100 and over.largest.n_graphs == 9
+    tiered = BucketLadder(
+        8, 24, 3.0, edges_per_atom=16, pairs_per_atom=32, max_graphs=4, sparse_tiers=((4, 5),)
+    )
+    assert serving_ladder(tiered.to_dict(), Settings()) == tiered
+    dense_only = serving_ladder(tiered.to_dict(), Settings(ladder_sparse_tiers=False))
+    assert dense_only.buckets == base.buckets
 
 
 def test_one_line() -> None:

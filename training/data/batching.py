@@ -93,7 +93,14 @@ def make_sharded_batch(
         raise ValueError(f"cannot split {len(examples)} structures into {n_shards} shards")
     bounds = np.linspace(0, len(examples), n_shards + 1).round().astype(int)
     shards = [examples[a:b] for a, b in itertools.pairwise(bounds)]
-    buckets = [ladder.select_for([e.graph for e in shard]) for shard in shards]
-    bucket = max(buckets, key=lambda b: ladder.buckets.index(b))
+    # the cheapest bucket every shard fits: select for the largest count of each kind
+    counts = np.array(
+        [
+            [sum(getattr(e.graph, f) for e in shard) for f in ("n_atoms", "n_edges", "n_pairs")]
+            + [len(shard)]
+            for shard in shards
+        ]
+    ).max(axis=0)
+    bucket = ladder.select(*(int(c) for c in counts))
     parts = [make_batch(shard, bucket, layout) for shard in shards]
     return jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *parts)

@@ -104,6 +104,44 @@ def test_ladder_dict_round_trip_and_validation() -> None:
         ladder(max_graphs=0)
 
 
+def test_sparse_tier_picks_the_cheapest_fitting_bucket() -> None:
+    """A sparse tier adds one bucket per level; sparse graphs (molecules) get its buckets,
+    dense ones the dense tier's, and the dense tier's last bucket stays the largest."""
+    dense = ladder()
+    lad = ladder(sparse_tiers=((4.0, 5.0),))
+    assert lad.buckets[: len(dense.buckets)] == dense.buckets
+    sparse = lad.buckets[len(dense.buckets) :]
+    assert [b.n_nodes for b in sparse] == [b.n_nodes for b in dense.buckets]
+    for b in sparse:
+        assert b.n_edges >= 4 * (b.n_nodes - 1) and b.n_pairs >= 5 * (b.n_nodes - 1)
+    assert lad.largest == dense.largest
+    for n_atoms in range(1, 200):
+        for per_atom in [(3, 4), (4, 5), (10, 18), (12, 20)]:
+            n_edges, n_pairs = (d * n_atoms for d in per_atom)
+            b = lad.select(n_atoms, n_edges, n_pairs)
+            assert b.fits(n_atoms, n_edges, n_pairs)
+            cost = b.n_edges + b.n_pairs
+            assert all(
+                c.n_edges + c.n_pairs >= cost
+                for c in lad.buckets
+                if c.fits(n_atoms, n_edges, n_pairs)
+            )
+            if per_atom[1] <= 5:
+                assert b in sparse
+    # a dense batch of many atoms fits no sparse bucket of a reasonable size
+    assert lad.select(100, 1200, 2000) == dense.select(100, 1200, 2000)
+    # a molecule-like batch costs ~4x fewer slots than in the dense tier
+    b = lad.select(150, 600, 700)
+    assert 3 * (b.n_edges + b.n_pairs) < sum(
+        (lambda d: (d.n_edges, d.n_pairs))(dense.select(150, 600, 700))
+    )
+    # round trip; a one-tier ladder keeps its earlier dict form
+    assert BucketLadder.from_dict(json.loads(json.dumps(lad.to_dict()))) == lad
+    assert "sparse_tiers" not in dense.to_dict()
+    with pytest.raises(ValueError, match="sparse_tiers"):
+        ladder(sparse_tiers=((13.0, 5.0),))
+
+
 # ----------------------------------------------------------------------------- batches
 
 

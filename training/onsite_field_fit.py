@@ -1,0 +1,105 @@
+"""Least-squares fit of the on-site crystal-field term (`gears_h_core.model.two_centre`).
+
+The term adds to the on-site irreps of atom i a sum over its interaction neighbours j,
+
+    x_i,slot = Σ_j Σ_n c[kind(i, j), n, slot] B_n(r_ij) Y_l(r̂_ij),
+
+so it is linear in c. For a centre species a and a slot of degree l, the unknowns are
+c[(a, b), n, slot] over neighbour species b and basis functions n, and the features of atom i
+(of species a) are
+
+    F_i[(b, n), m] = Σ_{j of species b} B_n(r_ij) Y_l,m(r̂_ij).
+
+The normal equations Σ_i Σ_m F_i[:, m] F_i[:, m]ᵀ · c = Σ_i Σ_m F_i[:, m] y_i,slot,m share one
+Gram matrix per (centre species, l) across that degree's slots. Targets are the scaled on-site
+irreps (targets − shift) / scale, what the term predicts before the model scales and shifts.
+The same relative ridge as the two-centre hopping fit (`training.two_centre_fit.RIDGE`) keeps
+the coefficients small (float32 round-off) and unused basis functions at zero.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import numpy as np
+
+from gears_h_core.model.config import ModelConfig
+from gears_h_core.model.layout import OutputLayout
+from gears_h_core.model.radial import radial_basis, safe_norm
+from gears_h_core.model.scale_shift import Statistics
+from gears_h_core.model.two_centre import TwoCentreLayout
+from training.data.targets import TrainingExample
+from training.two_centre_fit import RIDGE
+
+
+def fit_onsite_field(
+    examples: Sequence[TrainingExample],
+    layout: OutputLayout,
+    stats: Statistics,
+    config: ModelConfig,
+) -> np.ndarray:
+    """Least-squares coefficients ``[n_species², n_basis, n_onsite_slots]`` (float32)."""
+    tc = TwoCentreLayout.create(layout.onsite_irreps)
+    n_sp, n_basis = layout.n_species, config.onsite_field_basis
+    ells = np.unique(tc.slot_l[tc.slot_natural])
+    n_feat = n_sp * n_basis
+    gram = np.zeros((n_sp, len(ells), n_feat, n_feat))
+    rhs = np.zeros((n_sp, n_feat, tc.n_slots))
+    shift = np.asarray(stats.onsite_shift, np.float64)
+    scale = np.asarray(stats.onsite_scale, np.float64)
+    # components of every slot, [n_slots, 2l + 1] per degree
+    slot_components = {
+        ell: np.stack(
+            [np.flatnonzero(tc.component_slot == s) for s in np.flatnonzero(tc.slot_l == ell)]
+        )
+        for ell in ells
+    }
+
+    @jax.jit
+    def geometry(vec: jax.Array) -> tuple[jax.Array, jax.Array]:
+        return radial_basis(safe_norm(vec), config.edge_cutoff, n_basis), tc.harmonics(vec)
+
+    for ex in examples:
+        g = ex.graph
+        if g.n_edges == 0:
+            continue
+        species = layout.species_table[g.structure.numbers]
+        # edges padded to a power of two: a few compilations, not one per edge count
+        size = max(1024, 1 << (g.n_edges - 1).bit_length())
+        vec = np.zeros((size, 3), np.float32)
+        vec[: g.n_edges] = g.edge_vec
+        vec[g.n_edges :, 2] = 1.0
+        basis, harmonics = (
+            np.asarray(a[: g.n_edges], np.float64) for a in jax.device_get(geometry(vec))
+        )
+        s = scale[species]
+        y = np.where(s > 0, (ex.onsite_h - shift[species]) / np.where(s > 0, s, 1.0), 0.0)
+        # feature rows (b, n) of every edge: the neighbour species picks the block of n
+        spread = np.zeros((g.n_edges, n_sp, n_basis))
+        spread[np.arange(g.n_edges), species[g.edge_j]] = basis
+        spread = spread.reshape(g.n_edges, n_feat)
+        for li, ell in enumerate(ells):
+            y_lm = harmonics[:, ell**2 : (ell + 1) ** 2]  # [E, 2l + 1]
+            feats = np.zeros((g.n_atoms, n_feat, 2 * ell + 1))
+            np.add.at(feats, g.edge_i, spread[:, :, None] * y_lm[:, None, :])
+            comps = slot_components[ell]  # [n_slots_l, 2l + 1]
+            slots = np.flatnonzero(tc.slot_l == ell)
+            for a in np.unique(species):
+                f = feats[species == a]
+                gram[a, li] += np.einsum("ipm,iqm->pq", f, f)
+                rhs[a][:, slots] += np.einsum("ipm,ism->ps", f, y[species == a][:, comps])
+
+    out = np.zeros((n_sp, n_sp, n_basis, tc.n_slots))
+    eye = np.eye(n_feat)
+    for a in range(n_sp):
+        for li, ell in enumerate(ells):
+            g_al = gram[a, li]
+            if not np.any(g_al):
+                continue
+            slots = np.flatnonzero((tc.slot_l == ell) & tc.slot_natural)
+            ridge = RIDGE * np.trace(g_al) / n_feat
+            sol = np.linalg.solve(g_al + ridge * eye, rhs[a][:, slots])  # [n_feat, n_slots_l]
+            out[a][:, :, slots] = sol.reshape(n_sp, n_basis, -1)
+    # kind = species_i · n_species + species_j
+    return out.reshape(n_sp * n_sp, n_basis, tc.n_slots).astype(np.float32)
