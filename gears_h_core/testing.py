@@ -81,6 +81,19 @@ def tiny_model_config(**overrides: Any) -> ModelConfig:
     return ModelConfig(**values)
 
 
+def rattled_boron_nitride(seed: int, amplitude: float) -> Any:
+    """A 4-atom B/N ribbon cell (periodic in x and y), every atom moved by up to
+    ``amplitude`` Å: a small periodic structure with two species and many neighbours."""
+    from gears_h_core.structure import Structure
+
+    rng = np.random.default_rng(seed)
+    a, d = 2.50, 1.443
+    pos = np.array([[0, 0, 0], [0, d, 0], [a / 2, 1.5 * d, 0], [a / 2, 2.5 * d, 0]], float)
+    cell = [[a, 0, 0], [0, 3 * d, 0], [0, 0, 0]]
+    pos += rng.uniform(-amplitude, amplitude, pos.shape)
+    return Structure.from_arrays([5, 7, 5, 7], pos, cell, [True, True, False])
+
+
 def _per_irrep_slot(irreps: e3nn.Irreps, values: np.ndarray) -> np.ndarray:
     """Repeat one value per irrep slot over its 2l+1 components: ``[..., num_irreps] ->
     [..., irreps.dim]`` (so a scale keeps equivariance)."""

@@ -19,8 +19,12 @@ from gears_h_core.model.hamiltonian import HamiltonianModel, ModelConstants
 from gears_h_core.model.layout import OutputLayout
 from gears_h_core.model.radial import radial_basis, safe_norm
 from gears_h_core.model.two_centre import TwoCentre, TwoCentreLayout
-from gears_h_core.structure import Structure
-from gears_h_core.testing import random_params, random_statistics, tiny_model_config
+from gears_h_core.testing import (
+    random_params,
+    random_statistics,
+    rattled_boron_nitride,
+    tiny_model_config,
+)
 from training.analysis import analyze
 from training.data.targets import TrainingExample, make_example
 from training.onsite_field_fit import fit_onsite_field
@@ -32,15 +36,6 @@ N_BASIS = 5
 CONFIG = tiny_model_config(onsite_field_basis=N_BASIS)
 
 
-def _rattled_bn(seed: int) -> Structure:
-    rng = np.random.default_rng(seed)
-    a, d = 2.50, 1.443
-    pos = np.array([[0, 0, 0], [0, d, 0], [a / 2, 1.5 * d, 0], [a / 2, 2.5 * d, 0]], float)
-    cell = [[a, 0, 0], [0, 3 * d, 0], [0, 0, 0]]
-    pos += rng.uniform(-0.2, 0.2, pos.shape)
-    return Structure.from_arrays([B, N, B, N], pos, cell, [True, True, False])
-
-
 def test_fit_recovers_the_models_crystal_field() -> None:
     """On-site targets made by the model itself (on-site readout switched off, crystal field
     with random coefficients, then scaled, shifted and symmetrised) are reproduced by the
@@ -50,7 +45,10 @@ def test_fit_recovers_the_models_crystal_field() -> None:
     stats = random_statistics(layout, np.random.default_rng(3), pair_cutoff=4.0)
     constants = ModelConstants.create(layout, stats)
     model = HamiltonianModel(CONFIG, layout.n_species, layout.onsite_irreps, layout.hopping_irreps)
-    graphs = [build_neighbor_graph(_rattled_bn(seed), CONFIG.edge_cutoff, 4.0) for seed in range(6)]
+    graphs = [
+        build_neighbor_graph(rattled_boron_nitride(seed, 0.2), CONFIG.edge_cutoff, 4.0)
+        for seed in range(6)
+    ]
     ladder = BucketLadder(8, 8, edges_per_atom=40, pairs_per_atom=80)
     params = random_params(
         model, pad_graphs(graphs[:1], ladder.buckets[0])[0], constants, np.random.default_rng(0)

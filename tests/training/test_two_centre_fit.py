@@ -18,8 +18,7 @@ from gears_h_core.model.layout import OutputLayout
 from gears_h_core.model.radial import radial_basis, safe_norm
 from gears_h_core.model.two_centre import TwoCentre, TwoCentreLayout
 from gears_h_core.predict import decode_blocks
-from gears_h_core.structure import Structure
-from gears_h_core.testing import random_statistics, tiny_model_config
+from gears_h_core.testing import random_statistics, rattled_boron_nitride, tiny_model_config
 from training.analysis import analyze
 from training.data.targets import TrainingExample, make_example
 from training.evaluate import ErrorAccumulator
@@ -54,15 +53,6 @@ def _two_centre_targets(
     return np.asarray(out) * np.asarray(layout.hopping_mask)[kind]
 
 
-def _rattled_bn(seed: int) -> Structure:
-    rng = np.random.default_rng(seed)
-    a, d = 2.50, 1.443
-    pos = np.array([[0, 0, 0], [0, d, 0], [a / 2, 1.5 * d, 0], [a / 2, 2.5 * d, 0]], float)
-    cell = [[a, 0, 0], [0, 3 * d, 0], [0, 0, 0]]
-    pos += rng.uniform(-0.15, 0.15, pos.shape)
-    return Structure.from_arrays([B, N, B, N], pos, cell, [True, True, False])
-
-
 def test_fit_recovers_an_exact_two_centre_function() -> None:
     """Targets made by a two-centre term with known coefficients are fitted back exactly
     (wrong harmonics, slots, parity or basis would leave a residual)."""
@@ -82,7 +72,7 @@ def test_fit_recovers_an_exact_two_centre_function() -> None:
     s_scale = np.asarray(stats.overlap_scale)
     examples = []
     for seed in range(6):
-        graph = build_neighbor_graph(_rattled_bn(seed), 3.0, 4.0)
+        graph = build_neighbor_graph(rattled_boron_nitride(seed, 0.15), 3.0, 4.0)
         unscaled = _two_centre_targets(layout, graph, truth, cutoff)
         kind = layout.pair_kinds(graph.structure.numbers, graph.pair_i, graph.pair_j)
         examples.append(
