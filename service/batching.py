@@ -176,7 +176,8 @@ class Batcher[G: GraphSize, R]:
     Args:
         run_batch: the device call: graphs and per-graph "wants S" -> one result per graph.
         budget: largest union per call.
-        max_queue: jobs waiting at most; `submit` raises `QueueFullError` beyond.
+        max_queue: requests waiting at most, queued or announced (being prepared); `announce`
+            and `submit` raise `QueueFullError` beyond.
         wait_s: longest wait for more jobs once the first one is taken.
         batching: False: every call holds the structures of a single job.
         on_batch: called after every device call (metrics).
@@ -216,13 +217,24 @@ class Batcher[G: GraphSize, R]:
         return self._thread is not None and self._thread.is_alive()
 
     def announce(self) -> Arrival[G, R]:
-        """Announce a request that is being prepared (parsed, graphs built).
+        """Admit a request that is about to be prepared (parsed, graphs built).
+
+        Admission is the queue bound: announced requests count against ``max_queue`` with
+        the queued jobs, so a request is refused (`QueueFullError`, a fast 503) on arrival,
+        not after waiting its turn for a preparation thread. (Measured at 2x saturation of
+        the default model on 2 cores, when the bound applied only to the device queue:
+        preparation became the bottleneck, its backlog grew without bound and 503s took
+        11 s instead of milliseconds.)
 
         While announced requests are on their way, the worker waits (up to ``wait_s``) for
         them to merge into the batch it is forming. The request then calls
         `Arrival.submit` or `Arrival.withdraw` (from any thread).
         """
         with self._cond:
+            if self._stopping:
+                raise unavailable("server is shutting down", close=True)
+            if self._incoming + len(self._queue) >= self.max_queue:
+                raise QueueFullError(self.max_queue)
             self._incoming += 1
         return Arrival(self)
 

@@ -299,6 +299,32 @@ def test_batcher_device_error_fails_the_jobs() -> None:
     b.stop()
 
 
+def test_batcher_admits_on_arrival() -> None:
+    """Announced requests (still being parsed) count against the queue bound: the next one
+    is refused at once, and room frees when one is withdrawn or taken by the worker."""
+    device = FakeDevice()
+    b = _batcher(device, max_queue=2)
+    first, second = b.announce(), b.announce()
+    with pytest.raises(QueueFullError):
+        b.announce()
+    first.withdraw()
+    third = b.announce()
+    job, out = _job(G(1, "a"))
+    second.submit(job)  # queued; the worker takes it and blocks in the device
+    assert device.started.wait(10)
+    fourth = b.announce()  # the taken job no longer waits
+    with pytest.raises(QueueFullError):
+        b.announce()
+    third.withdraw()
+    fourth.withdraw()
+    device.release.set()
+    out.wait()
+    b.stop()
+    with pytest.raises(ServiceError) as stopped:
+        b.announce()
+    assert stopped.value.status == 503
+
+
 def test_batcher_waits_only_for_announced_requests() -> None:
     """With nothing announced, a lone job runs at once; an announced one is waited for."""
     device = FakeDevice()
