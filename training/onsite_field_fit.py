@@ -21,16 +21,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import jax
 import numpy as np
 
 from gears_h_core.model.config import ModelConfig
 from gears_h_core.model.layout import OutputLayout
-from gears_h_core.model.radial import radial_basis, safe_norm
 from gears_h_core.model.scale_shift import Statistics
 from gears_h_core.model.two_centre import TwoCentreLayout
 from training.data.targets import TrainingExample
-from training.two_centre_fit import RIDGE
+from training.two_centre_fit import RIDGE, geometry_rows
 
 
 def fit_onsite_field(
@@ -56,23 +54,13 @@ def fit_onsite_field(
         for ell in ells
     }
 
-    @jax.jit
-    def geometry(vec: jax.Array) -> tuple[jax.Array, jax.Array]:
-        return radial_basis(safe_norm(vec), config.edge_cutoff, n_basis), tc.harmonics(vec)
-
+    geometry = geometry_rows(tc, n_basis)
     for ex in examples:
         g = ex.graph
         if g.n_edges == 0:
             continue
         species = layout.species_table[g.structure.numbers]
-        # edges padded to a power of two: a few compilations, not one per edge count
-        size = max(1024, 1 << (g.n_edges - 1).bit_length())
-        vec = np.zeros((size, 3), np.float32)
-        vec[: g.n_edges] = g.edge_vec
-        vec[g.n_edges :, 2] = 1.0
-        basis, harmonics = (
-            np.asarray(a[: g.n_edges], np.float64) for a in jax.device_get(geometry(vec))
-        )
+        basis, harmonics = geometry(g.edge_vec, config.edge_cutoff)
         s = scale[species]
         y = np.where(s > 0, (ex.onsite_h - shift[species]) / np.where(s > 0, s, 1.0), 0.0)
         # feature rows (b, n) of every edge: the neighbour species picks the block of n

@@ -89,8 +89,7 @@ def make_optimizer(config: Config, total_steps: int) -> optax.GradientTransforma
     else:
         base = optax.adam(schedule)
     tx = optax.chain(optax.clip_by_global_norm(opt.grad_clip), base)
-    model = config.model
-    if model.two_centre_basis > 0 or model.onsite_field_basis > 0:  # least squares stay as fitted
+    if config.model.has_fitted_terms:  # least-squares terms stay as fitted
         return optax.multi_transform({"trained": tx, "frozen": optax.set_to_zero()}, frozen_labels)
     return tx
 
@@ -232,7 +231,7 @@ def init_state(
     params = jax.jit(run.model.init)(key, jax.tree.map(jnp.asarray, batch), run.constants)
     fit_s = None
     cfg = run.config.model
-    if fit and (cfg.two_centre_basis > 0 or cfg.onsite_field_basis > 0):
+    if fit and cfg.has_fitted_terms:
         stats = run.analysis.statistics
         assert stats is not None
         t = time.monotonic()

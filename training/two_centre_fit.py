@@ -25,7 +25,7 @@ training loop keeps them fixed (`frozen_labels`) and trains the network on the r
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -83,6 +83,31 @@ def _project(tc: TwoCentreLayout, harmonics: np.ndarray, y: np.ndarray) -> np.nd
     return out
 
 
+def geometry_rows(
+    tc: TwoCentreLayout, n_basis: int
+) -> Callable[[np.ndarray, np.ndarray | float], tuple[np.ndarray, np.ndarray]]:
+    """``(vectors [n, 3], cutoff per row) -> (basis [n, n_basis], harmonics [n, (lmax+1)²])``
+    in float64: the geometry both least-squares fits need, computed as the model does (one
+    jitted function; rows padded to a power of two, so a few compilations, not one per
+    row count)."""
+
+    @jax.jit
+    def geometry(vec: jax.Array, cutoff: jax.Array) -> tuple[jax.Array, jax.Array]:
+        return radial_basis(safe_norm(vec), cutoff, n_basis), tc.harmonics(vec)
+
+    def rows(vectors: np.ndarray, cutoff: np.ndarray | float) -> tuple[np.ndarray, np.ndarray]:
+        n = len(vectors)
+        size = max(1024, 1 << (n - 1).bit_length())
+        vec = np.zeros((size, 3), np.float32)
+        vec[:n] = vectors
+        cut = np.ones(size, np.float64)
+        cut[:n] = cutoff
+        basis, harmonics = jax.device_get(geometry(jnp.asarray(vec), jnp.asarray(cut)))
+        return np.asarray(basis[:n], np.float64), np.asarray(harmonics[:n], np.float64)
+
+    return rows
+
+
 def fit_two_centre(
     examples: Sequence[TrainingExample],
     layout: OutputLayout,
@@ -97,10 +122,7 @@ def fit_two_centre(
     h_scale = np.asarray(stats.hopping_scale, np.float64)
     s_scale = np.asarray(stats.overlap_scale, np.float64)
 
-    @jax.jit
-    def geometry(vec: jax.Array, cutoff: jax.Array) -> tuple[jax.Array, jax.Array]:
-        return radial_basis(safe_norm(vec), cutoff, n_basis), tc.harmonics(vec)
-
+    geometry = geometry_rows(tc, n_basis)
     eq_h = _NormalEquations(n_kinds, n_basis, tc.n_slots)
     eq_s = _NormalEquations(n_kinds, n_basis, tc.n_slots)
     has_s = False
@@ -109,15 +131,7 @@ def fit_two_centre(
         if g.n_pairs == 0:
             continue
         kind = layout.pair_kinds(g.structure.numbers, g.pair_i, g.pair_j)
-        # pairs padded to a power of two: a few compilations, not one per pair count
-        size = max(1024, 1 << (g.n_pairs - 1).bit_length())
-        vec = np.zeros((size, 3), np.float32)
-        vec[: g.n_pairs] = g.pair_vec
-        cut = np.ones(size, np.float64)
-        cut[: g.n_pairs] = cutoff_table[kind]
-        basis, harmonics = jax.device_get(geometry(jnp.asarray(vec), jnp.asarray(cut)))
-        basis = np.asarray(basis[: g.n_pairs], np.float64)
-        harmonics = np.asarray(harmonics[: g.n_pairs], np.float64)
+        basis, harmonics = geometry(g.pair_vec, cutoff_table[kind])
 
         def scaled(y: np.ndarray, scale: np.ndarray) -> np.ndarray:
             s = scale[kind]  # noqa: B023 - used within this iteration only

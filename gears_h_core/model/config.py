@@ -68,6 +68,12 @@ class ModelConfig:
         ),
     )
 
+    @property
+    def has_fitted_terms(self) -> bool:
+        """Whether training fits terms by least squares before the first step and keeps them
+        fixed (the two-centre terms, the on-site crystal field)."""
+        return self.two_centre_basis > 0 or self.onsite_field_basis > 0
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
