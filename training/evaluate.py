@@ -97,7 +97,7 @@ def accumulate(pairs: Iterable[tuple[BlockMatrix, BlockMatrix, int]]) -> ErrorAc
 EIGEN_WINDOW_EV = 2.0
 
 
-def _window(ref_eps: np.ndarray, ref: Any) -> np.ndarray:
+def window_states(ref_eps: np.ndarray, ref: Any) -> np.ndarray:
     """The compared states: within ±2 eV of E_F; for molecules (HOMO and LUMO stored, E_F
     the midgap, where a ±2 eV window around it can be empty: butanol's gap is ~6 eV) the
     frontier states from 2 eV below HOMO to 2 eV above LUMO."""
@@ -150,14 +150,14 @@ def eigenvalue_errors(
             )
             n = min(len(theirs), len(eps))
             if projection is not None:
-                sel = _window(eps[:n], ref)
+                sel = window_states(eps[:n], ref)
                 projection.append(np.abs(theirs[:n] - eps[:n])[sel])
             solved.append((mine, theirs))
     errors = []
     for row, eps in solved:
         eig = row[: len(eps)]
         ref_eps = eps[: len(eig)]
-        window = _window(ref_eps, ref)
+        window = window_states(ref_eps, ref)
         errors.append(np.abs(eig - eps[: len(eig)])[window])
     return np.concatenate(errors) if errors else np.zeros(0)
 

@@ -36,7 +36,7 @@ def _sharded_loss(
     constants: ModelConstants,
 ) -> tuple[jax.Array, Metrics]:
     def one(b: GraphBatch, t: TargetBatch) -> dict[str, tuple[jax.Array, jax.Array]]:
-        return loss_sums(model.apply(params, b, constants), t)
+        return loss_sums(model.apply(params, b, constants), t, weights.error)
 
     metrics = mean_terms(jax.vmap(one)(batch, targets))
     loss = total_loss(metrics, weights)

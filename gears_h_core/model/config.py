@@ -51,7 +51,7 @@ class ModelConfig:
         default=16,
         metadata=_doc(
             "Bessel functions per species pair and output slot of the two-centre terms: S "
-            "exactly, and the H hopping baseline the network corrects (least-squares fitted "
+            "(its two-centre part), and the H hopping baseline the network corrects (least-squares fitted "
             "before training); 0: the earlier radial-MLP overlap readout and no H baseline"
         ),
     )
@@ -65,6 +65,15 @@ class ModelConfig:
             "term: a sum over the interaction neighbours of two-centre functions of the "
             "neighbour vector, added to the on-site H (least-squares fitted before training); "
             "0: none"
+        ),
+    )
+
+    overlap_correction: bool = field(
+        default=True,
+        metadata=_doc(
+            "with two_centre_basis > 0: the hopping readout also predicts a correction to the "
+            "two-centre S (GPAW's PAW overlap has three-centre projector terms); trained with "
+            "the S loss"
         ),
     )
 
@@ -84,5 +93,7 @@ class ModelConfig:
         if unknown:
             raise ValueError(f"model config: unknown field(s) {unknown}")
         # bundles written before the two-centre terms existed use the radial-MLP overlap
-        # and those written before the on-site crystal-field term have none
-        return cls(**{"two_centre_basis": 0, "onsite_field_basis": 0, **data})
+        # and those written before the on-site crystal-field term or the overlap correction
+        # have none
+        defaults = {"two_centre_basis": 0, "onsite_field_basis": 0, "overlap_correction": False}
+        return cls(**{**defaults, **data})

@@ -54,11 +54,12 @@ def _kind_output(
     pair_envelope: jax.Array,
     scale: jax.Array | None = None,
     zero_init: bool = False,
+    name: str = "out",
 ) -> e3nn.IrrepsArray:
     """Species-pair-indexed linear map to the universal layout (own weights per ordered
     species pair), times the cutoff envelope."""
     out = Linear(
-        out_irreps, n_index=n_kinds, parameter_initializer=_initializer(zero_init), name="out"
+        out_irreps, n_index=n_kinds, parameter_initializer=_initializer(zero_init), name=name
     )(x, scale, pair_kind)
     return out * pair_envelope[:, None]
 
@@ -91,6 +92,10 @@ class HoppingReadout(nn.Module):
     a radial MLP of |r| (with the species pair's own cutoff) and the species-pair embedding;
     then a gated layer and a species-pair-indexed linear map, times the cutoff envelope
     (``zero_init``: that map starts at zero, a zero correction to a two-centre baseline).
+
+    With ``overlap_head`` a second such map of the same gated features (its own weights,
+    always starting at zero) gives a correction to the two-centre overlap: the three-centre
+    projector terms of a PAW overlap. Returns ``(hopping H, S correction or None)``.
     """
 
     hidden: e3nn.Irreps
@@ -98,6 +103,7 @@ class HoppingReadout(nn.Module):
     n_species_pairs: int
     radial_hidden: int
     zero_init: bool = False
+    overlap_head: bool = False
 
     @nn.compact
     def __call__(
@@ -109,7 +115,7 @@ class HoppingReadout(nn.Module):
         pair_sh: e3nn.IrrepsArray,  # [n_pairs, sh]
         pair_radial: jax.Array,  # [n_pairs, n_radial], zero beyond cutoff and on padding
         pair_envelope: jax.Array,  # [n_pairs]
-    ) -> e3nn.IrrepsArray:
+    ) -> tuple[e3nn.IrrepsArray, e3nn.IrrepsArray | None]:
         # linear maps (no biases) commute with gathering rows: apply them once per node
         node_i = Linear(self.hidden, name="proj_i")(h)
         node_j = Linear(self.hidden, name="proj_j")(h)
@@ -136,15 +142,21 @@ class HoppingReadout(nn.Module):
         # mix(concatenate(parts) * weights), gated, then the species-pair-indexed output map
         x = Linear(gated(self.hidden), name="mix")(parts, weights)
         gate_in, gates = gate_parts(x)
-        return _kind_output(
-            self.out_irreps,
-            self.n_species_pairs,
-            pair_kind,
-            gate_in,
-            pair_envelope,
-            gates,
-            self.zero_init,
-        )
+
+        def output(zero_init: bool, name: str) -> e3nn.IrrepsArray:
+            return _kind_output(
+                self.out_irreps,
+                self.n_species_pairs,
+                pair_kind,
+                gate_in,
+                pair_envelope,
+                gates,
+                zero_init,
+                name,
+            )
+
+        overlap = output(True, "overlap_out") if self.overlap_head else None
+        return output(self.zero_init, "out"), overlap
 
 
 class OverlapReadout(nn.Module):

@@ -8,10 +8,12 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from pydantic import ValidationError
 
 from gears_h_core.model.hamiltonian import HamiltonianIrreps
 from gears_h_core.model.layout import OutputLayout
 from training.analysis import analyze
+from training.config import LossConfig
 from training.data.batching import TargetBatch, make_batch, make_sharded_batch
 from training.data.snapshot import read_dataset
 from training.data.targets import TrainingExample, make_example
@@ -82,6 +84,30 @@ def test_loss_terms_are_weighted_mean_squared_errors() -> None:
     )
     for key in ("onsite_h", "hopping_h"):
         assert float(loss_terms(noisy, t)[key]) == pytest.approx(terms[key], rel=1e-6)
+
+
+def test_absolute_error_loss_is_the_weighted_mean_absolute_error() -> None:
+    """``error="absolute"``: every term is the mean |pred − target| over used channels (the
+    reported MAE's weighting), padding excluded; the config carries it to LossWeights."""
+    out, t = fake_shard(np.random.default_rng(3), 6, 10, 4, 9)
+    terms = {k: float(v) for k, v in loss_terms(out, t, "absolute").items()}
+    squared = {k: float(v) for k, v in loss_terms(out, t).items()}
+    for key, w in (
+        ("onsite_h", t.onsite_weight),
+        ("hopping_h", t.hopping_weight),
+        ("hopping_s", t.hopping_weight * t.pair_has_s[:, None]),
+    ):
+        p, y = getattr(out, key), getattr(t, key)
+        assert terms[key] == pytest.approx(float(np.sum(w * np.abs(p - y)) / np.sum(w)), rel=1e-6)
+        assert terms[key] != pytest.approx(squared[key], rel=1e-2)
+    noisy = out.replace(hopping_h=np.where(t.hopping_weight > 0, out.hopping_h, 1e6))
+    assert float(loss_terms(noisy, t, "absolute")["hopping_h"]) == pytest.approx(
+        terms["hopping_h"], rel=1e-6
+    )
+    assert LossConfig(error="absolute").model_dump()["error"] == "absolute"
+    assert LossWeights(**LossConfig(error="absolute").model_dump()).error == "absolute"
+    with pytest.raises(ValidationError):
+        LossConfig(error="huber")
 
 
 def test_structures_without_s_do_not_count_in_the_s_terms() -> None:

@@ -171,3 +171,16 @@ def test_legacy_bundle_configs_keep_the_mlp_overlap() -> None:
     assert ModelConfig().two_centre_basis > 0
     with pytest.raises(ValueError, match="unknown"):
         ModelConfig.from_dict({**legacy, "bogus": 1})
+
+
+def test_bundles_before_the_overlap_correction_load_without_it() -> None:
+    """The committed default bundle and others written before the network's S correction
+    have no ``overlap_correction`` key: they load without the head (their parameters have
+    none), while new configs default to it."""
+    legacy = dataclasses.asdict(ModelConfig())
+    del legacy["overlap_correction"]
+    assert ModelConfig.from_dict(legacy).overlap_correction is False
+    assert ModelConfig().overlap_correction is True
+    assert frozen_labels({"params": {"hopping": {"overlap_out": {"w": 1.0}}}}) == {
+        "params": {"hopping": {"overlap_out": {"w": "trained"}}}
+    }

@@ -384,18 +384,40 @@ def test_second_interaction_changes_output(setup: Setup) -> None:
     assert np.array_equal(np.asarray(out.hopping_s), np.asarray(out0.hopping_s))
 
 
-# -- 7. overlap: two-centre -----------------------------------------------------------------------
+# -- 7. overlap: two-centre term plus a three-centre correction ----------------------------------
 
 
-def test_overlap_depends_on_pair_geometry_only(setup: Setup) -> None:
+def _moved_hydroxyl(predictor: Predictor) -> tuple[dict, dict, dict, dict, int]:
+    """S and H hopping blocks of ethanol before and after its hydroxyl H (atom k) moves."""
     structure = ethanol()
-    k = 8  # the hydroxyl H
+    k = 8
     positions = structure.positions.copy()
     positions[k] += np.array([0.04, 0.05, -0.03])
     moved = dataclasses.replace(structure, positions=positions)
-    result, mresult = setup.predictor.predict([structure, moved])
+    result, mresult = predictor.predict([structure, moved])
     assert result.S is not None and mresult.S is not None
-    hop, mhop = hopping_blocks(result.S), hopping_blocks(mresult.S)
+    return (
+        hopping_blocks(result.S),
+        hopping_blocks(mresult.S),
+        hopping_blocks(result.H),
+        hopping_blocks(mresult.H),
+        k,
+    )
+
+
+def test_overlap_two_centre_term_and_its_correction(setup: Setup) -> None:
+    """Without the network's S correction (its output map zeroed), S_ij depends on the pair
+    geometry only: moving atom k changes no S block of a pair without k. With it, S of
+    such pairs moves too (the three-centre projector terms of a PAW overlap), as H does."""
+    assert CONFIG.overlap_correction
+    inner = dict(setup.params["params"])
+    hopping = dict(inner["hopping"])
+    hopping["overlap_out"] = jax.tree.map(np.zeros_like, hopping["overlap_out"])
+    inner["hopping"] = hopping
+    two_centre_only = Predictor(
+        dataclasses.replace(setup.bundle, params=params_to_flat({**setup.params, "params": inner}))
+    )
+    hop, mhop, _, _, k = _moved_hydroxyl(two_centre_only)
     assert set(hop) == set(mhop)
     unchanged = changed = 0
     for key, block in hop.items():
@@ -405,13 +427,14 @@ def test_overlap_depends_on_pair_geometry_only(setup: Setup) -> None:
             assert np.array_equal(block, mhop[key]), f"S{key} moved with atom {k}"
             unchanged += 1
     assert unchanged > 0 and changed > 0
-    # H of the same pairs does change (messages), S does not
-    assert any(
-        not np.array_equal(b, hopping_blocks(mresult.H)[key])
-        for key, b in hopping_blocks(result.H).items()
-        if k not in key[:2]
-    )
 
+    hop, mhop, hop_h, mhop_h, k = _moved_hydroxyl(setup.predictor)
+    others = [key for key in hop if k not in key[:2]]
+    # the correction is a function of the environment: S of other pairs moves, as H does
+    assert any(not np.array_equal(hop[key], mhop[key]) for key in others)
+    assert any(not np.array_equal(hop_h[key], mhop_h[key]) for key in others)
+
+    result = predict_one(setup, ethanol())
     # on-site S is one constant block per species, in every structure
     per_species: dict[int, np.ndarray] = {}
     for r in (result, predict_one(setup, formaldehyde()), predict_one(setup, boron_nitride())):
