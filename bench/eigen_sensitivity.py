@@ -22,14 +22,13 @@ predicted H with DFT S, both predicted). Errors are over the states of the evalu
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import scipy.linalg as sla
-from results_file import write_section
+from results_file import command_line, write_section
 
 from gears_h_core.assemble.sparse import hamiltonian_at_k
 from training.data.snapshot import read_dataset
@@ -155,11 +154,7 @@ def main() -> int:
     )
     print(body)
     if args.write:
-        argv = list(sys.argv)
-        if "--note" in argv:
-            k = argv.index("--note")
-            argv[k : k + 2] = ["--note", "…"]
-        write_section(args.title, body, "uv run python " + " ".join(shlex.quote(a) for a in argv))
+        write_section(args.title, body, command_line("eigen_sensitivity.py", sys.argv[1:]))
     return 0
 
 

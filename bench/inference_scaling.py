@@ -51,7 +51,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from results_file import RESULTS, write_section
+from results_file import RESULTS, command_line, write_section
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("GEARS_H_SHARED_DATA", ROOT.parent / "shared" / "data"))
@@ -476,14 +476,7 @@ def main(argv: list[str] | None = None) -> int:
     body = NOTE + ("\n\n" + args.note if args.note else "") + "\n\n" + table(rows)
     print(body)
     if not args.dry_run:
-        shown = list(argv)
-        if "--note" in shown:  # the note is printed in the section; keep the command short
-            k = shown.index("--note")
-            shown[k : k + 2] = ["--note", "…"]
-        command = "uv run python bench/inference_scaling.py " + " ".join(
-            shlex.quote(a) for a in shown
-        )
-        write_section(SECTION, body, command.strip())
+        write_section(SECTION, body, command_line("inference_scaling.py", argv))
         print(f"wrote section '{SECTION}' of {RESULTS}")
     return 0
 

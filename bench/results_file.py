@@ -10,6 +10,8 @@ import datetime as dt
 import os
 import platform
 import re
+import shlex
+from collections.abc import Sequence
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
@@ -31,6 +33,16 @@ def machine() -> str:
         f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, "
         f"load average {load:.1f} at the end"
     )
+
+
+def command_line(script: str, args: Sequence[str]) -> str:
+    """``uv run python bench/<script> ARGS`` as run, with a ``--note`` text shown as "…" (the
+    note is printed in the section itself; the command stays short)."""
+    shown = list(args)
+    if "--note" in shown:
+        k = shown.index("--note")
+        shown[k : k + 2] = ["--note", "…"]
+    return " ".join(["uv run python", f"bench/{script}", *(shlex.quote(a) for a in shown)])
 
 
 def write_section(title: str, body: str, command: str) -> None:

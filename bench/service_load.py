@@ -31,7 +31,6 @@ import argparse
 import asyncio
 import gc
 import os
-import shlex
 import statistics
 import sys
 import tempfile
@@ -42,7 +41,7 @@ from pathlib import Path
 import httpx
 import msgpack
 import numpy as np
-from results_file import write_section
+from results_file import command_line, write_section
 
 from service.testing import ServeProcess, random_serving_bundle
 
@@ -541,10 +540,8 @@ def main(argv: list[str] | None = None) -> None:
     )
 
     if args.write:
-        cmd = "uv run python bench/service_load.py " + shlex.join(
-            sys.argv[1:] if argv is None else argv
-        )
-        write_section(SECTION, "\n".join(lines), cmd.strip())
+        cmd = command_line("service_load.py", sys.argv[1:] if argv is None else argv)
+        write_section(SECTION, "\n".join(lines), cmd)
         print(f"wrote section {SECTION!r} of bench/RESULTS.md")
 
 

@@ -13,11 +13,10 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import shlex
 import sys
 from pathlib import Path
 
-from results_file import write_section
+from results_file import command_line, write_section
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
@@ -78,11 +77,7 @@ def main() -> int:
     )
     print(body)
     if args.write:
-        argv = list(sys.argv)
-        if "--note" in argv:  # the note is printed in the section; keep the command short
-            k = argv.index("--note")
-            argv[k : k + 2] = ["--note", "…"]
-        write_section(args.title, body, "uv run python " + " ".join(shlex.quote(a) for a in argv))
+        write_section(args.title, body, command_line("training_report.py", sys.argv[1:]))
     return 0
 
 
