@@ -12,7 +12,9 @@ c[(a, b), n, slot] over neighbour species b and basis functions n, and the featu
 
 The normal equations Σ_i Σ_m F_i[:, m] F_i[:, m]ᵀ · c = Σ_i Σ_m F_i[:, m] y_i,slot,m share one
 Gram matrix per (centre species, l) across that degree's slots. Targets are the scaled on-site
-irreps (targets − shift) / scale, what the term predicts before the model scales and shifts.
+irreps (targets − shift) / scale, what the term predicts before the model scales and shifts;
+for the overlap field (``overlap=True``) the on-site S irreps minus the per-species constant,
+unscaled (the model adds the field to that constant as it is).
 The same relative ridge as the two-centre hopping fit (`training.two_centre_fit.RIDGE`) keeps
 the coefficients small (float32 round-off) and unused basis functions at zero.
 """
@@ -36,16 +38,23 @@ def fit_onsite_field(
     layout: OutputLayout,
     stats: Statistics,
     config: ModelConfig,
+    *,
+    overlap: bool = False,
 ) -> np.ndarray:
-    """Least-squares coefficients ``[n_species², n_basis, n_onsite_slots]`` (float32)."""
+    """Least-squares coefficients ``[n_species², n_basis, n_onsite_slots]`` (float32) of the
+    H field, or with ``overlap`` of the S field (examples without S are skipped)."""
     tc = TwoCentreLayout.create(layout.onsite_irreps)
     n_sp, n_basis = layout.n_species, config.onsite_field_basis
     ells = np.unique(tc.slot_l[tc.slot_natural])
     n_feat = n_sp * n_basis
     gram = np.zeros((n_sp, len(ells), n_feat, n_feat))
     rhs = np.zeros((n_sp, n_feat, tc.n_slots))
-    shift = np.asarray(stats.onsite_shift, np.float64)
-    scale = np.asarray(stats.onsite_scale, np.float64)
+    if overlap:
+        shift = np.asarray(stats.overlap_onsite, np.float64)
+        scale = np.ones_like(shift)
+    else:
+        shift = np.asarray(stats.onsite_shift, np.float64)
+        scale = np.asarray(stats.onsite_scale, np.float64)
     # components of every slot, [n_slots, 2l + 1] per degree
     slot_components = {
         ell: np.stack(
@@ -57,12 +66,13 @@ def fit_onsite_field(
     geometry = geometry_rows(tc, n_basis)
     for ex in examples:
         g = ex.graph
-        if g.n_edges == 0:
+        target = ex.onsite_s if overlap else ex.onsite_h
+        if g.n_edges == 0 or target is None:
             continue
         species = layout.species_table[g.structure.numbers]
         basis, harmonics = geometry(g.edge_vec, config.edge_cutoff)
         s = scale[species]
-        y = np.where(s > 0, (ex.onsite_h - shift[species]) / np.where(s > 0, s, 1.0), 0.0)
+        y = np.where(s > 0, (target - shift[species]) / np.where(s > 0, s, 1.0), 0.0)
         # feature rows (b, n) of every edge: the neighbour species picks the block of n
         spread = np.zeros((g.n_edges, n_sp, n_basis))
         spread[np.arange(g.n_edges), species[g.edge_j]] = basis

@@ -41,6 +41,7 @@ from training.state import TrainState
 from training.steps import make_train_step
 from training.two_centre_fit import (
     ONSITE_FIELD_TERM,
+    ONSITE_S_FIELD_TERM,
     fit_two_centre,
     frozen_labels,
     with_two_centre,
@@ -240,6 +241,10 @@ def init_state(
             fitted.update(fit_two_centre(run.train, run.layout, stats, cfg))
         if cfg.onsite_field_basis > 0:
             fitted[ONSITE_FIELD_TERM] = fit_onsite_field(run.train, run.layout, stats, cfg)
+            if cfg.predict_overlap and cfg.onsite_overlap_field:
+                fitted[ONSITE_S_FIELD_TERM] = fit_onsite_field(
+                    run.train, run.layout, stats, cfg, overlap=True
+                )
         params = with_two_centre(params, fitted)
         fit_s = time.monotonic() - t
     return TrainState.create(params, tx), fit_s

@@ -46,6 +46,7 @@ from training.data.targets import TrainingExample
 HOPPING_TERM = "hopping_two_centre"
 OVERLAP_TERM = "overlap_two_centre"
 ONSITE_FIELD_TERM = "onsite_field"  # fitted by `training.onsite_field_fit`
+ONSITE_S_FIELD_TERM = "onsite_s_field"  # likewise, on-site S
 
 RIDGE = 1e-5  # relative to the mean diagonal of each Gram matrix (see the module docstring)
 
@@ -161,11 +162,12 @@ def with_two_centre(params: Any, fitted: dict[str, np.ndarray]) -> Any:
 
 def frozen_labels(params: Any) -> Any:
     """``"frozen"`` for the least-squares coefficients (two-centre terms and the on-site
-    crystal field), ``"trained"`` for all else (a tree
+    crystal fields), ``"trained"`` for all else (a tree
     of labels for ``optax.multi_transform``)."""
 
     def label(path: tuple[Any, ...], _: Any) -> str:
         names = {getattr(k, "key", None) for k in path}
-        return "frozen" if names & {HOPPING_TERM, OVERLAP_TERM, ONSITE_FIELD_TERM} else "trained"
+        fitted = {HOPPING_TERM, OVERLAP_TERM, ONSITE_FIELD_TERM, ONSITE_S_FIELD_TERM}
+        return "frozen" if names & fitted else "trained"
 
     return jax.tree_util.tree_map_with_path(label, params)

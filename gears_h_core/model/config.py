@@ -68,6 +68,14 @@ class ModelConfig:
         ),
     )
 
+    onsite_overlap_field: bool = field(
+        default=True,
+        metadata=_doc(
+            "with onsite_field_basis > 0: an on-site crystal field for S too (GPAW's PAW "
+            "overlap adds the neighbours' projector terms to an atom's own block), "
+            "least-squares fitted before training"
+        ),
+    )
     overlap_correction: bool = field(
         default=True,
         metadata=_doc(
@@ -93,7 +101,12 @@ class ModelConfig:
         if unknown:
             raise ValueError(f"model config: unknown field(s) {unknown}")
         # bundles written before the two-centre terms existed use the radial-MLP overlap
-        # and those written before the on-site crystal-field term or the overlap correction
-        # have none
-        defaults = {"two_centre_basis": 0, "onsite_field_basis": 0, "overlap_correction": False}
+        # and those written before the on-site crystal fields or the overlap correction have
+        # none
+        defaults = {
+            "two_centre_basis": 0,
+            "onsite_field_basis": 0,
+            "onsite_overlap_field": False,
+            "overlap_correction": False,
+        }
         return cls(**{**defaults, **data})

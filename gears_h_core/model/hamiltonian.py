@@ -71,6 +71,8 @@ class ModelConstants:
         stats: per-species(-pair) scale/shift and hopping cutoffs.
         onsite_transpose_index, onsite_transpose_sign: ``[n_species, onsite_dim]``.
         hopping_transpose_index, hopping_transpose_sign: ``[n_species**2, hopping_dim]``.
+        onsite_mask: float ``[n_species, onsite_dim]``, 1 on the channels a species' blocks
+            use.
     """
 
     species_table: jax.Array
@@ -79,6 +81,7 @@ class ModelConstants:
     onsite_transpose_sign: jax.Array
     hopping_transpose_index: jax.Array
     hopping_transpose_sign: jax.Array
+    onsite_mask: jax.Array
 
     @classmethod
     def create(cls, layout: OutputLayout, stats: Statistics) -> ModelConstants:
@@ -91,6 +94,7 @@ class ModelConstants:
             onsite_transpose_sign=jnp.asarray(on_sign),
             hopping_transpose_index=jnp.asarray(hop_idx),
             hopping_transpose_sign=jnp.asarray(hop_sign),
+            onsite_mask=jnp.asarray(layout.onsite_mask, jnp.float32),
         )
 
 
@@ -166,12 +170,26 @@ class _Network(nn.Module):
             zero_init=cfg.two_centre_basis > 0,
             name="onsite",
         )(h_all, species).array
-        if cfg.onsite_field_basis > 0:
-            onsite = onsite + self._onsite_field(batch, species, edge_sh, edge_r)
+        s_field = cfg.predict_overlap and cfg.onsite_field_basis > 0 and cfg.onsite_overlap_field
+        fields = (
+            self._onsite_fields(
+                batch, species, edge_sh, edge_r, ("onsite_field", "onsite_s_field")[: 1 + s_field]
+            )
+            if cfg.onsite_field_basis > 0
+            else []
+        )
+        if fields:
+            onsite = onsite + fields[0]
         onsite = (onsite * stats.onsite_scale[species] + stats.onsite_shift[species]) * node_mask
 
-        # 4a. on-site S: a per-species constant
-        onsite_s = stats.overlap_onsite[species] * node_mask if cfg.predict_overlap else None
+        # 4a. on-site S: a per-species constant (an atom's own orbitals), plus with
+        # ``onsite_overlap_field`` the PAW projector terms of its neighbours
+        onsite_s = None
+        if cfg.predict_overlap:
+            onsite_s = stats.overlap_onsite[species]
+            if s_field:  # unscaled, so masked here to the channels in use
+                onsite_s = onsite_s + fields[1] * constants.onsite_mask[species]
+            onsite_s = onsite_s * node_mask
 
         # 5a. symmetrise
         def sym_onsite(x: jax.Array) -> jax.Array:
@@ -182,19 +200,23 @@ class _Network(nn.Module):
 
         return h_all, sym_onsite(onsite), None if onsite_s is None else sym_onsite(onsite_s)
 
-    def _onsite_field(
+    def _onsite_fields(
         self,
         batch: GraphBatch,
         species: jax.Array,
         edge_sh: e3nn.IrrepsArray,
         edge_r: jax.Array,
-    ) -> jax.Array:
-        """On-site crystal field (step 3a): Σ over the interaction neighbours j of atom i of
-        a two-centre function of r_ij in the on-site layout (unscaled), ``[n_nodes, dim]``.
+        names: tuple[str, ...],
+    ) -> list[jax.Array]:
+        """On-site crystal fields (steps 3a, 4a): for each name, a sum over the interaction
+        neighbours j of atom i of a two-centre function of r_ij in the on-site layout
+        (unscaled), ``[n_nodes, dim]``; one geometry, one coefficient set per name.
 
         Each neighbour's potential acting on i's own orbitals, ⟨φ_i|V_j|φ_i'⟩, is such a
-        function of r_ij; its coefficients are least-squares fitted before training
-        (`training.onsite_field_fit`) and the on-site readout learns the rest.
+        function of r_ij (``onsite_field``, added to the on-site H), and so is a PAW
+        projector term of the overlap, Σ ⟨φ_i|p̃^j⟩ ΔS^j ⟨p̃^j|φ_i'⟩ (``onsite_s_field``).
+        The coefficients are least-squares fitted before training
+        (`training.onsite_field_fit`); the on-site readout learns the rest of H.
         """
         cfg = self.config
         kind = pair_kind(species, batch.edge_i, batch.edge_j, self.n_species)
@@ -206,10 +228,13 @@ class _Network(nn.Module):
             if cfg.sh_lmax >= tc.lmax
             else tc.harmonics(batch.edge_vec)
         )
-        per_edge = TwoCentre(
-            self.onsite_irreps, self.n_species**2, cfg.onsite_field_basis, name="onsite_field"
-        )(kind, basis, harmonics)
-        return jax.ops.segment_sum(per_edge, batch.edge_i, num_segments=species.shape[0])
+        out = []
+        for name in names:
+            per_edge = TwoCentre(
+                self.onsite_irreps, self.n_species**2, cfg.onsite_field_basis, name=name
+            )(kind, basis, harmonics)
+            out.append(jax.ops.segment_sum(per_edge, batch.edge_i, num_segments=species.shape[0]))
+        return out
 
     def _pairs(
         self, h_all: e3nn.IrrepsArray, batch: GraphBatch, constants: ModelConstants

@@ -57,6 +57,7 @@ BASIS = OrbitalBasis(
     }
 )
 PAIR_CUTOFF = 4.0
+ONSITE_S_FIELD = "onsite_s_field"  # the module of the on-site S crystal field
 CONFIG = tiny_model_config()  # edge cutoff 3 Å, 2 interactions, irreps up to l = 4
 # two buckets: <= 15 real atoms (single structures) and <= 47 (the batch of three)
 LADDER = BucketLadder(15, 40, 3.0, edges_per_atom=16, pairs_per_atom=24, max_graphs=3)
@@ -377,11 +378,13 @@ def test_second_interaction_changes_output(setup: Setup) -> None:
         np.zeros_like, zeroed["params"]["interaction_1"]
     )
     out0 = exe(zeroed, prepared.batch, predictor.constants)
-    for field in ("onsite_h", "hopping_h"):
+    # the hopping S correction (PAW projector terms) reads the same pair features as H
+    assert CONFIG.overlap_correction
+    for field in ("onsite_h", "hopping_h", "hopping_s"):
         a, b = np.asarray(getattr(out, field)), np.asarray(getattr(out0, field))
         assert np.abs(a - b).max() > 1e-3 * np.abs(a).max(), field
-    # S does not see messages at all
-    assert np.array_equal(np.asarray(out.hopping_s), np.asarray(out0.hopping_s))
+    # on-site S (constant plus the least-squares crystal field) does not see messages
+    assert np.array_equal(np.asarray(out.onsite_s), np.asarray(out0.onsite_s))
 
 
 # -- 7. overlap: two-centre term plus a three-centre correction ----------------------------------
@@ -405,15 +408,18 @@ def _moved_hydroxyl(predictor: Predictor) -> tuple[dict, dict, dict, dict, int]:
     )
 
 
-def test_overlap_two_centre_term_and_its_correction(setup: Setup) -> None:
-    """Without the network's S correction (its output map zeroed), S_ij depends on the pair
-    geometry only: moving atom k changes no S block of a pair without k. With it, S of
-    such pairs moves too (the three-centre projector terms of a PAW overlap), as H does."""
-    assert CONFIG.overlap_correction
+def test_overlap_two_centre_term_and_its_corrections(setup: Setup) -> None:
+    """Without the PAW corrections (the network's S output map and the on-site S crystal
+    field zeroed), S_ij depends on the pair geometry only: moving atom k changes no S block
+    of a pair without k, and on-site S is one constant block per species. With them, S of
+    such pairs moves too (three-centre projector terms), as H does, and on-site S depends
+    on the neighbours."""
+    assert CONFIG.overlap_correction and CONFIG.onsite_overlap_field
     inner = dict(setup.params["params"])
     hopping = dict(inner["hopping"])
     hopping["overlap_out"] = jax.tree.map(np.zeros_like, hopping["overlap_out"])
     inner["hopping"] = hopping
+    inner[ONSITE_S_FIELD] = jax.tree.map(np.zeros_like, inner[ONSITE_S_FIELD])
     two_centre_only = Predictor(
         dataclasses.replace(setup.bundle, params=params_to_flat({**setup.params, "params": inner}))
     )
@@ -428,22 +434,27 @@ def test_overlap_two_centre_term_and_its_correction(setup: Setup) -> None:
             unchanged += 1
     assert unchanged > 0 and changed > 0
 
+    def onsite_s_per_species(predictor: Predictor) -> dict[int, list[np.ndarray]]:
+        out: dict[int, list[np.ndarray]] = {}
+        for structure in (ethanol(), formaldehyde(), boron_nitride()):
+            (r,) = predictor.predict([structure])
+            assert r.S is not None
+            for group in r.S.onsite:
+                out.setdefault(group.z, []).extend(np.asarray(group.blocks))
+        return out
+
+    constant = onsite_s_per_species(two_centre_only)
+    assert set(constant) == {H, B, C, N, O}
+    for blocks in constant.values():
+        assert all(np.array_equal(b, blocks[0]) for b in blocks)
+
     hop, mhop, hop_h, mhop_h, k = _moved_hydroxyl(setup.predictor)
     others = [key for key in hop if k not in key[:2]]
     # the correction is a function of the environment: S of other pairs moves, as H does
     assert any(not np.array_equal(hop[key], mhop[key]) for key in others)
     assert any(not np.array_equal(hop_h[key], mhop_h[key]) for key in others)
-
-    result = predict_one(setup, ethanol())
-    # on-site S is one constant block per species, in every structure
-    per_species: dict[int, np.ndarray] = {}
-    for r in (result, predict_one(setup, formaldehyde()), predict_one(setup, boron_nitride())):
-        assert r.S is not None
-        for group in r.S.onsite:
-            for block in group.blocks:
-                ref = per_species.setdefault(group.z, block)
-                assert np.array_equal(block, ref)
-    assert set(per_species) == {H, B, C, N, O}
+    varying = onsite_s_per_species(setup.predictor)
+    assert any(not np.array_equal(b, blocks[0]) for blocks in varying.values() for b in blocks)
 
 
 # -- 8. compilations -------------------------------------------------------------------------
