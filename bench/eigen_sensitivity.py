@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import scipy.linalg as sla
-from results_file import command_line, write_section
+from results_file import publish
 
 from gears_h_core.assemble.sparse import hamiltonian_at_k
 from training.data.snapshot import read_dataset
@@ -149,12 +149,8 @@ def main() -> int:
     p.add_argument("--title", default="Eigenvalue sensitivity to H errors")
     p.add_argument("--write", action="store_true", help="update bench/RESULTS.md")
     args = p.parse_args()
-    body = (args.note + "\n\n" if args.note else "") + "\n".join(
-        measure(args.model, d, args.scales, args.threshold) for d in args.datasets
-    )
-    print(body)
-    if args.write:
-        write_section(args.title, body, command_line("eigen_sensitivity.py", sys.argv[1:]))
+    parts = [measure(args.model, d, args.scales, args.threshold) for d in args.datasets]
+    publish(args.title, args.note, parts, "eigen_sensitivity.py", args.write)
     return 0
 
 

@@ -11,6 +11,7 @@ import os
 import platform
 import re
 import shlex
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -43,6 +44,15 @@ def command_line(script: str, args: Sequence[str]) -> str:
         k = shown.index("--note")
         shown[k : k + 2] = ["--note", "…"]
     return " ".join(["uv run python", f"bench/{script}", *(shlex.quote(a) for a in shown)])
+
+
+def publish(title: str, note: str, parts: Sequence[str], script: str, write: bool) -> None:
+    """Print ``note`` and the tables ``parts``; with ``write`` also as the RESULTS.md section
+    ``title``, with the command line of ``bench/<script>`` as run."""
+    body = (note + "\n\n" if note else "") + "\n".join(parts)
+    print(body)
+    if write:
+        write_section(title, body, command_line(script, sys.argv[1:]))
 
 
 def write_section(title: str, body: str, command: str) -> None:

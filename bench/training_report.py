@@ -16,7 +16,7 @@ import json
 import sys
 from pathlib import Path
 
-from results_file import command_line, write_section
+from results_file import publish
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
@@ -72,12 +72,8 @@ def main() -> int:
     p.add_argument("--note", default="", help="text put before the tables")
     p.add_argument("--write", action="store_true", help="update bench/RESULTS.md")
     args = p.parse_args()
-    body = (args.note + "\n\n" if args.note else "") + "\n".join(
-        report(d, d.name, args.levels) for d in args.run_dirs
-    )
-    print(body)
-    if args.write:
-        write_section(args.title, body, command_line("training_report.py", sys.argv[1:]))
+    parts = [report(d, d.name, args.levels) for d in args.run_dirs]
+    publish(args.title, args.note, parts, "training_report.py", args.write)
     return 0
 
 
