@@ -15,7 +15,9 @@ Reads top to bottom:
    atom-centred orbitals, exact for PySCF's Gaussian basis) plus, with
    ``overlap_correction``, a network correction for the three-centre projector terms of
    GPAW's PAW overlap (~5.6e-5 MAE on h-BN without it); on-site S is a per-species
-   constant (an atom's own orbitals overlap the same way in every structure);
+   constant (an atom's own orbitals overlap the same way in every structure) plus, with
+   ``onsite_overlap_field``, a least-squares crystal field for the neighbours' PAW
+   projector terms;
 5. symmetrisation: hopping outputs are averaged with their partner's transposed output and
    on-site outputs with their own transpose, so hermiticity holds by construction and the
    result does not depend on atom order.
