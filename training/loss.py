@@ -36,7 +36,9 @@ def loss_sums(
     out: HamiltonianIrreps, t: TargetBatch, error: str = "squared"
 ) -> dict[str, tuple[jax.Array, jax.Array]]:
     """Per term: (sum of squared or absolute errors, number of elements) over the used
-    channels."""
+    channels. ``error`` is passed explicitly by the train and eval steps
+    (`LossWeights.error`, "absolute" by default); this function's own default is the plain
+    squared error."""
 
     def sums(pred: jax.Array, target: jax.Array, weight: jax.Array) -> tuple[jax.Array, jax.Array]:
         d = pred - target
