@@ -241,7 +241,7 @@ def init_state(
             fitted.update(fit_two_centre(run.train, run.layout, stats, cfg))
         if cfg.onsite_field_basis > 0:
             fitted[ONSITE_FIELD_TERM] = fit_onsite_field(run.train, run.layout, stats, cfg)
-            if cfg.predict_overlap and cfg.onsite_overlap_field:
+            if cfg.has_onsite_s_field:
                 fitted[ONSITE_S_FIELD_TERM] = fit_onsite_field(
                     run.train, run.layout, stats, cfg, overlap=True
                 )

@@ -91,6 +91,12 @@ class ModelConfig:
         fixed (the two-centre terms, the on-site crystal field)."""
         return self.two_centre_basis > 0 or self.onsite_field_basis > 0
 
+    @property
+    def has_onsite_s_field(self) -> bool:
+        """Whether on-site S gets the least-squares crystal field (the model adds it, training
+        fits it)."""
+        return self.predict_overlap and self.onsite_field_basis > 0 and self.onsite_overlap_field
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 

@@ -172,7 +172,7 @@ class _Network(nn.Module):
             zero_init=cfg.two_centre_basis > 0,
             name="onsite",
         )(h_all, species).array
-        s_field = cfg.predict_overlap and cfg.onsite_field_basis > 0 and cfg.onsite_overlap_field
+        s_field = cfg.has_onsite_s_field
         fields = (
             self._onsite_fields(
                 batch, species, edge_sh, edge_r, ("onsite_field", "onsite_s_field")[: 1 + s_field]
