@@ -11,6 +11,8 @@ import os
 import platform
 import re
 import shlex
+import shutil
+import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,10 +32,32 @@ def machine() -> str:
     except OSError:
         pass
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    gpus = accelerators()
     return (
         f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, "
-        f"load average {load:.1f} at the end"
+        + (f"{gpus}, " if gpus else "")
+        + f"load average {load:.1f} at the end"
     )
+
+
+def accelerators() -> str:
+    """NVIDIA GPUs as ``nvidia-smi`` names them (``2 x NVIDIA H100 80GB HBM3``), or ``""``."""
+    if shutil.which("nvidia-smi") is None:
+        return ""
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    names = [n.strip() for n in out.splitlines() if n.strip()]
+    if not names:
+        return ""
+    return f"{len(names)} x {names[0]}" if len(set(names)) == 1 else ", ".join(names)
 
 
 def command_line(script: str, args: Sequence[str]) -> str:

@@ -317,6 +317,101 @@ async def open_loop(
     }
 
 
+def throughput_and_start(
+    base: dict[str, str],
+    tmp: Path,
+    mols: list[bytes],
+    concurrency: int,
+    seconds: float,
+    max_requests: int,
+) -> tuple[float, float, int, dict[str, float], dict[str, float]]:
+    """The throughput phase alone, with the start figures it costs nothing to read: the
+    batching server starts cold (empty cache), the one with ``GEARS_H_BATCHING=false`` warm
+    from the same cache. Returns cold s, warm s, cache files, and the two closed loops."""
+    cache = Path(base["GEARS_H_COMPILATION_CACHE_DIR"])
+    servers: list[ServeProcess] = []
+    try:
+        on = ServeProcess(dict(base), tmp / "on.log", grpc=False)
+        servers.append(on)
+        cold_s = on.wait_ready(timeout=1200)
+        print(f"cold start {cold_s:.1f} s", flush=True)
+        b0 = batch_totals(on.url)
+        tp_on = asyncio.run(closed_loop(on.url, mols, concurrency, seconds, max_requests))
+        tp_on["batch"] = batch_mean(b0, batch_totals(on.url))
+        print(f"batching on: {tp_on['rps']:.1f} req/s", flush=True)
+        on.stop()
+        cache_files = sum(1 for f in cache.rglob("*") if f.is_file())
+        off = ServeProcess({**base, "GEARS_H_BATCHING": "false"}, tmp / "off.log", grpc=False)
+        servers.append(off)
+        warm_s = off.wait_ready(timeout=1200)
+        print(f"warm start {warm_s:.1f} s", flush=True)
+        b0 = batch_totals(off.url)
+        tp_off = asyncio.run(closed_loop(off.url, mols, concurrency, seconds, max_requests))
+        tp_off["batch"] = batch_mean(b0, batch_totals(off.url))
+        print(f"batching off: {tp_off['rps']:.1f} req/s", flush=True)
+        off.stop()
+    finally:
+        for s in servers:
+            s.stop()
+    return cold_s, warm_s, cache_files, tp_on, tp_off
+
+
+def settings_note(env: dict[str, str]) -> str:
+    """The servers' non-default settings, for the section text."""
+    shown = {
+        k: v
+        for k, v in env.items()
+        if k not in ("GEARS_H_MODEL", "GEARS_H_COMPILATION_CACHE_DIR", "GEARS_H_LOG_LEVEL")
+    }
+    return ", ".join(f"`{k}={v}`" for k, v in sorted(shown.items())) or "defaults"
+
+
+def throughput_table(
+    concurrency: int,
+    seconds: float,
+    max_requests: int,
+    tp_on: dict[str, float],
+    tp_off: dict[str, float],
+) -> list[str]:
+    lines = [
+        f"### Throughput, butanol (15 atoms), concurrency {concurrency}, closed loop "
+        f"(bounded {seconds:.0f} s / {max_requests} requests)",
+        "",
+        "| server | requests ok | errors | seconds | req/s | p50 (ms) | p99 (ms) "
+        "| structures per device call |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, tp in (("batching on", tp_on), ("GEARS_H_BATCHING=false", tp_off)):
+        lines.append(
+            f"| {name} | {tp['ok']} | {tp['errors']} | {tp['elapsed']:.1f} | {tp['rps']:.1f} "
+            f"| {ms(tp['p50'])} | {ms(tp['p99'])} | {tp['batch']:.2f} |"
+        )
+    ratio = tp_on["rps"] / tp_off["rps"] if tp_off["rps"] else float("nan")
+    lines.append(
+        f"\nRatio batching on / off: **{ratio:.2f}x** (target >= 3x). Requests in flight at the "
+        "bound run to completion (hence seconds above the bound); a first round of "
+        f"{concurrency} warm-up requests is not counted. On a CPU one batched device "
+        "call costs about as much per atom as separate calls (XLA already spreads one "
+        "structure over the cores), so merging requests cannot gain much there; on a GPU a "
+        "device call of one small molecule leaves the device mostly idle, and merging fills it."
+    )
+    return lines
+
+
+def start_table(cold_s: float, warm_s: float, cache_files: int) -> list[str]:
+    return [
+        "### Cold vs warm start (process start -> /v2/health/ready 200)",
+        "",
+        "| start | seconds |",
+        "|---|---:|",
+        f"| cold (empty GEARS_H_COMPILATION_CACHE_DIR) | {cold_s:.1f} |",
+        f"| warm (same cache dir) | {warm_s:.1f} |",
+        f"\nRatio cold / warm: **{cold_s / warm_s:.2f}x** (target >= 5x). The cold start left "
+        f"{cache_files} file(s) in the cache folder (JAX stores only compilations longer than "
+        "`jax_persistent_cache_min_compile_time_secs`, 1 s by default).",
+    ]
+
+
 # -- main ----------------------------------------------------------------------------------------
 
 
@@ -359,8 +454,25 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="cap the bucket ladder (GEARS_H_LADDER_MAX_ATOMS, and the in-process predictor)",
     )
+    ap.add_argument(
+        "--server-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a GEARS_H_* setting for every server the script starts (repeatable)",
+    )
+    ap.add_argument(
+        "--throughput-only",
+        action="store_true",
+        help="only the batching on/off throughput and the cold/warm start (for a short "
+        "accelerator lease: no overhead or saturation phase, no in-process predictor)",
+    )
+    ap.add_argument("--section", default=SECTION, help="RESULTS.md section to replace")
     ap.add_argument("--write", action="store_true", help="replace the RESULTS.md section")
     args = ap.parse_args(argv)
+    extra_env = dict(kv.split("=", 1) for kv in args.server_env)
+    if bad := [k for k in extra_env if not k.startswith("GEARS_H_")]:
+        ap.error(f"--server-env takes GEARS_H_* settings only, not {bad[0]}")
     n_seq = args.requests or (20 if args.quick else 50)
     tp_s = args.throughput_seconds or (8.0 if args.quick else 15.0)
     tp_n = args.throughput_requests or (200 if args.quick else 300)
@@ -377,6 +489,26 @@ def main(argv: list[str] | None = None) -> None:
     }
     if args.ladder_max_atoms is not None:
         base["GEARS_H_LADDER_MAX_ATOMS"] = str(args.ladder_max_atoms)
+    base.update(extra_env)
+    if args.throughput_only:
+        cold_s, warm_s, cache_files, tp_on, tp_off = throughput_and_start(
+            base, tmp, [body(t) for t in butanols()], args.concurrency, tp_s, tp_n
+        )
+        lines = [
+            f"Model: {model_desc}; servers started by the script on 127.0.0.1 (HTTP, gRPC off), "
+            f"settings: {settings_note(base)}. Load average {load0:.1f} at the start, "
+            f"{os.getloadavg()[0]:.1f} at the end; the load generator runs on the same host.",
+            "",
+            *throughput_table(args.concurrency, tp_s, tp_n, tp_on, tp_off),
+            "",
+            *start_table(cold_s, warm_s, cache_files),
+        ]
+        print("\n".join(lines), flush=True)
+        if args.write:
+            cmd = command_line("service_load.py", sys.argv[1:] if argv is None else argv)
+            write_section(args.section, "\n".join(lines), cmd)
+            print(f"wrote section {args.section!r} of bench/RESULTS.md")
+        return
     hbn = hbn_100()
     hbn_body = body(hbn)
     mols = [body(t) for t in butanols()]
@@ -481,30 +613,8 @@ def main(argv: list[str] | None = None) -> None:
         "service's cost measured without the drift of the shared cores between runs."
     )
     out()
-    out(
-        f"### Throughput, butanol (15 atoms), concurrency {args.concurrency}, closed loop "
-        f"(bounded {tp_s:.0f} s / {tp_n} requests)"
-    )
-    out()
-    out(
-        "| server | requests ok | errors | seconds | req/s | p50 (ms) | p99 (ms) "
-        "| structures per device call |"
-    )
-    out("|---|---:|---:|---:|---:|---:|---:|---:|")
-    for name, tp in (("batching on", tp_on), ("GEARS_H_BATCHING=false", tp_off)):
-        out(
-            f"| {name} | {tp['ok']} | {tp['errors']} | {tp['elapsed']:.1f} | {tp['rps']:.1f} "
-            f"| {ms(tp['p50'])} | {ms(tp['p99'])} | {tp['batch']:.2f} |"
-        )
-    ratio = tp_on["rps"] / tp_off["rps"] if tp_off["rps"] else float("nan")
-    out(
-        f"\nRatio batching on / off: **{ratio:.2f}x** (target >= 3x). Requests in flight at the "
-        "bound run to completion (hence seconds above the bound); a first round of "
-        f"{args.concurrency} warm-up requests is not counted. On a CPU one batched device "
-        "call costs about as much per atom as separate calls (XLA already spreads one "
-        "structure over the cores), so merging requests cannot gain much there; the 3x target "
-        "is one for a GPU."
-    )
+    for line in throughput_table(args.concurrency, tp_s, tp_n, tp_on, tp_off):
+        out(line)
     out()
     out(
         f"### 2x saturation: open loop at {sat['offered']:.1f} req/s offered (2 x "
@@ -527,22 +637,13 @@ def main(argv: list[str] | None = None) -> None:
     out(f"\nRSS trace (MiB): {trace}.")
     out(rss_growth_note(rss, float(sat["seconds"])))
     out()
-    out("### Cold vs warm start (process start -> /v2/health/ready 200)")
-    out()
-    out("| start | seconds |")
-    out("|---|---:|")
-    out(f"| cold (empty GEARS_H_COMPILATION_CACHE_DIR) | {cold_s:.1f} |")
-    out(f"| warm (same cache dir) | {warm_s:.1f} |")
-    out(
-        f"\nRatio cold / warm: **{cold_s / warm_s:.2f}x** (target >= 5x). The cold start left "
-        f"{cache_files} file(s) in the cache folder (JAX stores only compilations longer than "
-        "`jax_persistent_cache_min_compile_time_secs`, 1 s by default)."
-    )
+    for line in start_table(cold_s, warm_s, cache_files):
+        out(line)
 
     if args.write:
         cmd = command_line("service_load.py", sys.argv[1:] if argv is None else argv)
-        write_section(SECTION, "\n".join(lines), cmd)
-        print(f"wrote section {SECTION!r} of bench/RESULTS.md")
+        write_section(args.section, "\n".join(lines), cmd)
+        print(f"wrote section {args.section!r} of bench/RESULTS.md")
 
 
 if __name__ == "__main__":

@@ -116,6 +116,18 @@ def _spare_cores() -> bool:
         return (os.cpu_count() or 1) > 2
 
 
+def compile_workers() -> int:
+    """Threads that compile buckets at once: 2, and up to 4 where cores allow (a quarter of
+    them). XLA's compiler keeps about 2 cores busy per compilation (see `_spare_cores`), so
+    on a 16-core GPU host 4 of a server's warm-up buckets compile at once; more would mostly
+    add the working sets of concurrent compilations to the peak memory."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    return max(2, min(4, cores // 4))
+
+
 @dataclass(frozen=True, eq=False)
 class _Prepared:
     graphs: list[NeighborGraph]
@@ -225,7 +237,9 @@ class Predictor:
             lowered, wrap = self._lower(stage, self._spec(stage, bucket))
             with self._lock:
                 if self._pool is None:
-                    self._pool = ThreadPoolExecutor(2, thread_name_prefix="gears_h-compile")
+                    self._pool = ThreadPoolExecutor(
+                        compile_workers(), thread_name_prefix="gears_h-compile"
+                    )
                 future = self._pool.submit(self._compile, key, lowered, wrap)
                 self._compiled[key] = future
         return future
