@@ -4,10 +4,15 @@ Orbax writes each checkpoint to a temporary directory and renames it when comple
 killed mid-save resumes from the previous complete checkpoint. Saves are synchronous here so
 that a checkpoint that has been reported is really on disk.
 
-A save costs seconds of orbax bookkeeping on a CPU, comparable to an epoch of a small data
-set, so ``best`` is written only when the validation error improves and ``latest`` at most
-every ``every_s`` seconds (and whenever asked with ``force``, e.g. at the last epoch). A run
-killed in between resumes from an earlier epoch and redoes the rest identically.
+A save costs around a second of orbax bookkeeping whatever the device: comparable to an
+epoch of a small data set on a CPU, and far more than one on a GPU (on an H200 an epoch of 8
+h-BN snapshots trained in 0.15 s, while each validated epoch that wrote a new best took
+2.4 s more). So both are written at most every ``every_s`` seconds, and
+whenever asked with ``force`` (the last epoch) or on `close`. A new best validation error
+between writes is kept as a host copy of the state and written with the next ``latest``
+(which is therefore never older than ``best``). A run killed in between resumes from an
+earlier epoch and redoes the rest identically; only a best that was still held in memory is
+lost to it (the resumed run keeps the best written before).
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ class RunCheckpoints:
     ) -> None:
         self.every_s = float(every_s)
         self._last_save = -math.inf
+        self._held_best: tuple[dict[str, Any], float] | None = None  # (host item, val MAE)
+        self._best_mae: float | None = None  # the best validation so far, written or held
         root = (run_dir / "checkpoints").absolute()
         if not create and not root.is_dir():
             raise FileNotFoundError(f"{run_dir}: the run has no checkpoints yet")
@@ -57,26 +64,38 @@ class RunCheckpoints:
     def save(
         self, state: TrainState, epoch: int, val_mae: float | None, *, force: bool = False
     ) -> None:
-        """Write ``latest`` if ``force`` or ``every_s`` has passed since the last write, and
-        ``best`` if ``val_mae`` beats every validation so far (``latest`` then too, so that
-        ``latest`` is never older than ``best``)."""
+        """Hold a new best (``val_mae`` below every validation so far) as a host copy; write
+        ``latest``, and a held best, if ``force`` or ``every_s`` has passed since the last
+        write."""
         item = self._item(state, epoch)
-        improved = val_mae is not None and val_mae < self._best_so_far()
+        if val_mae is not None and val_mae < self._best_so_far():
+            self._held_best = (jax.device_get(item), float(val_mae))
+            self._best_mae = float(val_mae)
         now = time.monotonic()
-        if force or improved or now - self._last_save >= self.every_s:
+        if force or now - self._last_save >= self.every_s:
             self.latest.save(epoch, args=ocp.args.StandardSave(item), force=True)
             self._last_save = now
-        if improved:
-            self.best.save(
-                epoch, args=ocp.args.StandardSave(item), metrics={"val_mae": val_mae}, force=True
-            )
+            self.flush_best()
+
+    def flush_best(self) -> None:
+        """Write the held best, if any (`save` and `close` call it)."""
+        if self._held_best is None:
+            return
+        item, val_mae = self._held_best
+        self.best.save(
+            int(item["epoch"]),
+            args=ocp.args.StandardSave(item),
+            metrics={"val_mae": val_mae},
+            force=True,
+        )
+        self._held_best = None
 
     def _best_so_far(self) -> float:
-        step = self.best.best_step()
-        if step is None:
-            return math.inf
-        metrics = self.best.metrics(step)
-        return math.inf if not metrics else float(metrics["val_mae"])
+        if self._best_mae is None:  # first call: what an earlier process wrote
+            step = self.best.best_step()
+            metrics = None if step is None else self.best.metrics(step)
+            self._best_mae = math.inf if not metrics else float(metrics["val_mae"])
+        return self._best_mae
 
     def has_checkpoint(self) -> bool:
         return self.latest.latest_step() is not None
@@ -104,5 +123,7 @@ class RunCheckpoints:
         return item["state"], int(item["epoch"])
 
     def close(self) -> None:
+        """Write a held best, then release the managers."""
+        self.flush_best()
         self.latest.close()
         self.best.close()

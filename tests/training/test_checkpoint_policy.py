@@ -1,5 +1,6 @@
-"""When a run writes checkpoints: ``best`` only on a new best validation error, ``latest`` at
-most every ``every_s`` seconds, on a new best and when forced (the last epoch)."""
+"""When a run writes checkpoints: ``latest`` and ``best`` at most every ``every_s`` seconds,
+when forced (the last epoch) and, for a best held in memory, on close; ``best`` holds the
+lowest validation error seen, ``latest`` is never older than ``best``."""
 
 from __future__ import annotations
 
@@ -14,16 +15,20 @@ def _state(epoch: int) -> dict[str, np.ndarray]:
     return {"w": np.full(3, float(epoch), np.float32)}
 
 
-def test_latest_is_throttled_and_best_written_only_on_improvement(tmp_path: Path) -> None:
+def test_writes_are_throttled_and_best_is_the_lowest_validation(tmp_path: Path) -> None:
     ckpt = RunCheckpoints(tmp_path, keep=10, every_s=3600.0)
     # epoch: validation MAE (None: not validated), forced
-    plan = [(1, 5.0, False), (2, None, False), (3, 6.0, False), (4, 4.0, False), (5, None, True)]
+    plan = [(1, 5.0, False), (2, None, False), (3, 6.0, False), (4, 4.0, False)]
     for epoch, val, force in plan:
         ckpt.save(_state(epoch), epoch, val, force=force)  # type: ignore[arg-type]
-    # 1: first write; 4: new best; 5: forced. 2 and 3 fall inside the interval, 3 is worse
-    assert sorted(ckpt.latest.all_steps()) == [1, 4, 5]
-    assert ckpt.best.best_step() == 4
-    assert sorted(ckpt.best.all_steps()) == [4]
+    # 1: first write (latest and best); 2-4 fall inside the interval: the new best of
+    # epoch 4 is held, not written
+    assert sorted(ckpt.latest.all_steps()) == [1]
+    assert ckpt.best.best_step() == 1
+    ckpt.save(_state(5), 5, None, force=True)  # type: ignore[arg-type]
+    # forced: latest 5, and the held best of epoch 4 (its state, not epoch 5's)
+    assert sorted(ckpt.latest.all_steps()) == [1, 5]
+    assert ckpt.best.best_step() == 4 and sorted(ckpt.best.all_steps()) == [4]
     state, epoch = ckpt.restore(_state(0), which="best")
     assert epoch == 4 and np.array_equal(state["w"], _state(4)["w"])
     state, epoch = ckpt.restore(_state(0), which="latest")
@@ -37,9 +42,15 @@ def test_latest_is_throttled_and_best_written_only_on_improvement(tmp_path: Path
     assert again.best.best_step() == 4 and sorted(again.best.all_steps()) == [4]
     again.save(_state(7), 7, None)  # type: ignore[arg-type]
     again.save(_state(8), 8, 3.0)  # type: ignore[arg-type]
-    assert again.best.best_step() == 8
-    assert sorted(again.latest.all_steps()) == [1, 4, 5, 6, 8]
-    again.close()
+    again.save(_state(9), 9, 3.5)  # type: ignore[arg-type]
+    assert again.best.best_step() == 4  # epoch 8 is held until the next write
+    assert sorted(again.latest.all_steps()) == [1, 5, 6]
+    again.close()  # writes the held best
+    reread = RunCheckpoints(tmp_path, keep=10, create=False)
+    assert reread.best.best_step() == 8
+    state, epoch = reread.restore(_state(0), which="best")
+    assert epoch == 8 and np.array_equal(state["w"], _state(8)["w"])
+    reread.close()
 
 
 def test_every_epoch_with_a_zero_interval(tmp_path: Path) -> None:
