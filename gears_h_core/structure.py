@@ -24,6 +24,8 @@ if TYPE_CHECKING:
 
 MAX_ATOMIC_NUMBER = 118
 MIN_DISTANCE = 0.1  # Å; closer atoms are rejected as overlapping
+#: neighbour-search radius (Å) of the close-contact check (see `_check_close_contacts`)
+CONTACT_SEARCH_RADIUS = 1.0
 #: positions and lattice vectors beyond this (Å) are refused: no real structure is that large,
 #: and the neighbour search fails hard (SIGFPE in vesin) around 1e9 Å
 MAX_COORDINATE = 1e5
@@ -176,10 +178,17 @@ def validate_structure(structure: Structure, *, min_distance: float = MIN_DISTAN
 
 
 def _check_close_contacts(structure: Structure, min_distance: float) -> None:
+    """Raise on the first pair closer than ``min_distance``.
+
+    The neighbour list is searched within `CONTACT_SEARCH_RADIUS` (or ``min_distance`` if
+    larger) and filtered: a cell list's cells are about as wide as its cutoff, so a 0.1 Å
+    search of a molecule in its 6 Å box walks ~2e5 cells (6.4 ms for butanol, most of a
+    request's host time in the service) where a 1 Å search walks ~200 (0.25 ms).
+    """
     from gears_h_core.graph.neighbors import neighbor_pairs
 
-    i, j, shift, dist = neighbor_pairs(structure, min_distance)
-    close = ~((i == j) & np.all(shift == 0, axis=1))
+    i, j, _, dist = neighbor_pairs(structure, max(min_distance, CONTACT_SEARCH_RADIUS))
+    close = dist <= min_distance
     if np.any(close):
         k = int(np.flatnonzero(close)[0])
         a, b = sorted((int(i[k]), int(j[k])))

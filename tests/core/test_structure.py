@@ -76,3 +76,32 @@ def test_orbital_basis_offsets_and_errors(tmp_path) -> None:
     bad.write_text("[1, 2]")
     with pytest.raises(BasisError, match=r"orbital_ells\.json: expected a JSON object"):
         OrbitalBasis.from_file(bad)
+
+
+@pytest.mark.parametrize("distance", [0.1001, 0.3, 0.74, 0.999, 1.5])
+def test_pairs_beyond_the_contact_limit_are_accepted(distance: float) -> None:
+    # the check searches a wider radius than the limit and must filter by distance: an H2
+    # bond (0.74 Å) or any pair just over 0.1 Å is no overlap
+    s = Structure.from_arrays([1, 1, 8], [[0, 0, 0], [distance, 0, 0], [0, 3, 0]], None, False)
+    assert s.n_atoms == 3
+
+
+def test_contact_limit_is_inclusive_and_names_the_pair() -> None:
+    with pytest.raises(StructureError, match=r"atom 1: closer than 0.1 Å to atom 2"):
+        Structure.from_arrays([8, 1, 1], [[0, 3, 0], [0, 0, 0], [0.0999, 0, 0]], None, False)
+
+
+def test_periodic_image_closer_than_the_limit_is_refused() -> None:
+    cell = [[0.08, 0, 0], [0, 4, 0], [0, 0, 4]]
+    with pytest.raises(StructureError, match=r"atom 0: closer than 0.1 Å to its own periodic"):
+        Structure.from_arrays([1], [[0, 0, 0]], cell, True)
+
+
+def test_a_custom_contact_limit_wider_than_the_search_radius() -> None:
+    from gears_h_core.structure import CONTACT_SEARCH_RADIUS, validate_structure
+
+    s = Structure.from_arrays([1, 1], [[0, 0, 0], [1.2, 0, 0]], None, False)
+    validate_structure(s, min_distance=1.1)  # 1.2 Å apart: fine
+    with pytest.raises(StructureError, match=r"closer than 1.5 Å .* \(distance 1.2000 Å\)"):
+        validate_structure(s, min_distance=1.5)
+    assert CONTACT_SEARCH_RADIUS < 1.5
