@@ -199,6 +199,16 @@ def batch_mean(before: tuple[float, float], after: tuple[float, float]) -> float
     return (after[0] - before[0]) / calls if calls else float("nan")
 
 
+def throughput(
+    url: str, payloads: list[bytes], concurrency: int, seconds: float, max_requests: int
+) -> dict[str, float]:
+    """`closed_loop` plus the mean structures per device call over it."""
+    before = batch_totals(url)
+    tp = asyncio.run(closed_loop(url, payloads, concurrency, seconds, max_requests))
+    tp["batch"] = batch_mean(before, batch_totals(url))
+    return tp
+
+
 def _headers() -> dict[str, str]:
     return {"Content-Type": CONTENT_TYPE}
 
@@ -330,26 +340,20 @@ def throughput_and_start(
     from the same cache. Returns cold s, warm s, cache files, and the two closed loops."""
     cache = Path(base["GEARS_H_COMPILATION_CACHE_DIR"])
     servers: list[ServeProcess] = []
+
+    def phase(env: dict[str, str], name: str) -> tuple[float, dict[str, float]]:
+        server = ServeProcess(env, tmp / f"{name}.log", grpc=False)
+        servers.append(server)
+        start_s = server.wait_ready(timeout=1200)
+        tp = throughput(server.url, mols, concurrency, seconds, max_requests)
+        print(f"{name}: ready after {start_s:.1f} s, {tp['rps']:.1f} req/s", flush=True)
+        server.stop()
+        return start_s, tp
+
     try:
-        on = ServeProcess(dict(base), tmp / "on.log", grpc=False)
-        servers.append(on)
-        cold_s = on.wait_ready(timeout=1200)
-        print(f"cold start {cold_s:.1f} s", flush=True)
-        b0 = batch_totals(on.url)
-        tp_on = asyncio.run(closed_loop(on.url, mols, concurrency, seconds, max_requests))
-        tp_on["batch"] = batch_mean(b0, batch_totals(on.url))
-        print(f"batching on: {tp_on['rps']:.1f} req/s", flush=True)
-        on.stop()
+        cold_s, tp_on = phase(dict(base), "batching-on")
         cache_files = sum(1 for f in cache.rglob("*") if f.is_file())
-        off = ServeProcess({**base, "GEARS_H_BATCHING": "false"}, tmp / "off.log", grpc=False)
-        servers.append(off)
-        warm_s = off.wait_ready(timeout=1200)
-        print(f"warm start {warm_s:.1f} s", flush=True)
-        b0 = batch_totals(off.url)
-        tp_off = asyncio.run(closed_loop(off.url, mols, concurrency, seconds, max_requests))
-        tp_off["batch"] = batch_mean(b0, batch_totals(off.url))
-        print(f"batching off: {tp_off['rps']:.1f} req/s", flush=True)
-        off.stop()
+        warm_s, tp_off = phase({**base, "GEARS_H_BATCHING": "false"}, "batching-off")
     finally:
         for s in servers:
             s.stop()
@@ -536,9 +540,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"start: cold {cold_s:.1f} s, warm {warm_s:.1f} s", flush=True)
         batched = warm  # default settings, batching on
         seq_on = asyncio.run(sequential(batched.url, hbn_body, n_seq))
-        b0 = batch_totals(batched.url)
-        tp_on = asyncio.run(closed_loop(batched.url, mols, args.concurrency, tp_s, tp_n))
-        tp_on["batch"] = batch_mean(b0, batch_totals(batched.url))
+        tp_on = throughput(batched.url, mols, args.concurrency, tp_s, tp_n)
         print(f"batching on: {tp_on['rps']:.1f} req/s", flush=True)
         batched.stop()
 
@@ -550,9 +552,7 @@ def main(argv: list[str] | None = None) -> None:
         # over minutes, so the overhead is taken against the faster of the two medians
         direct_again_s, _ = direct_latency(bundle, hbn, n_seq, args.ladder_max_atoms)
         print(f"direct predictor again: {ms(direct_again_s)} ms", flush=True)
-        b0 = batch_totals(single.url)
-        tp_off = asyncio.run(closed_loop(single.url, mols, args.concurrency, tp_s, tp_n))
-        tp_off["batch"] = batch_mean(b0, batch_totals(single.url))
+        tp_off = throughput(single.url, mols, args.concurrency, tp_s, tp_n)
         print(f"batching off: {tp_off['rps']:.1f} req/s", flush=True)
         single.stop()
 
