@@ -105,7 +105,7 @@ class RunCheckpoints:
         if step is None:
             return None
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, self._item(template, 0))
-        item = self.latest.restore(step, args=ocp.args.StandardRestore(abstract))
+        item = _restore(self.latest, step, abstract)
         return item["state"], int(item["epoch"])
 
     def restore(self, template: Any, *, which: str = "best") -> tuple[TrainState, int]:
@@ -119,7 +119,7 @@ class RunCheckpoints:
         if step is None:
             raise FileNotFoundError("the run has no checkpoint yet")
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, self._item(template, 0))
-        item = manager.restore(step, args=ocp.args.StandardRestore(abstract))
+        item = _restore(manager, step, abstract)
         return item["state"], int(item["epoch"])
 
     def close(self) -> None:
@@ -127,3 +127,20 @@ class RunCheckpoints:
         self.flush_best()
         self.latest.close()
         self.best.close()
+
+
+def _restore(manager: ocp.CheckpointManager, step: int, abstract: Any) -> Any:
+    """``manager.restore`` into ``abstract``; a checkpoint whose tree differs from the model
+    of the config (orbax prints both trees, thousands of characters) becomes one line."""
+    try:
+        return manager.restore(step, args=ocp.args.StandardRestore(abstract))
+    except ValueError as exc:
+        text = str(exc)
+        if "mismatch" not in text.lower():
+            raise
+        first = text.split(" Expected identical structures", 1)[0].split(" Metadata keys", 1)[0]
+        raise ValueError(
+            f"{manager.directory}: checkpoint of epoch {step} does not fit the model of the "
+            f"run's config.yaml ({first[:300]}); a run trained before a model option existed "
+            "needs that option set to false in its config.yaml"
+        ) from None

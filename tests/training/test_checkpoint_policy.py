@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from training.checkpoints import RunCheckpoints
 
@@ -60,3 +61,17 @@ def test_every_epoch_with_a_zero_interval(tmp_path: Path) -> None:
     assert sorted(ckpt.latest.all_steps()) == [1, 2, 3]
     assert ckpt.best.best_step() is None
     ckpt.close()
+
+
+def test_a_checkpoint_of_another_model_is_refused_in_one_line(tmp_path: Path) -> None:
+    ckpt = RunCheckpoints(tmp_path, keep=2)
+    ckpt.save(_state(1), 1, 1.0, force=True)  # type: ignore[arg-type]
+    ckpt.close()
+    other = {"w": np.zeros(3, np.float32), "new_head": np.zeros(2, np.float32)}
+    again = RunCheckpoints(tmp_path, keep=2, create=False)
+    for which in ("best", "latest"):
+        with pytest.raises(ValueError, match=r"does not fit the model .*new_head") as info:
+            again.restore(other, which=which)
+        message = str(info.value)
+        assert "\n" not in message and len(message) < 700 and "set to false" in message
+    again.close()
