@@ -355,31 +355,33 @@ class Predictor:
     def decode(
         self, prepared: _Prepared, out: HamiltonianIrreps, *, overlap: bool = True
     ) -> list[SparseHamiltonian]:
-        graphs, layout = prepared.graphs, prepared.layout
-        offsets = (layout.node_offset, layout.pair_offset)
-        hs = decode_blocks_many(
-            self.layout, graphs, np.asarray(out.onsite_h), np.asarray(out.hopping_h), *offsets
-        )
-        ss: list[BlockMatrix | None] = [None] * len(graphs)
-        if overlap and out.onsite_s is not None and out.hopping_s is not None:
-            ss = list(
-                decode_blocks_many(
+        results = []
+        for g, graph in enumerate(prepared.graphs):
+            nodes = prepared.layout.node_slice(g)
+            pairs = prepared.layout.pair_slice(g)
+            H = decode_blocks(
+                self.layout,
+                graph,
+                np.asarray(out.onsite_h)[nodes],
+                np.asarray(out.hopping_h)[pairs],
+            )
+            S = None
+            if overlap and out.onsite_s is not None and out.hopping_s is not None:
+                S = decode_blocks(
                     self.layout,
-                    graphs,
-                    np.asarray(out.onsite_s),
-                    np.asarray(out.hopping_s),
-                    *offsets,
+                    graph,
+                    np.asarray(out.onsite_s)[nodes],
+                    np.asarray(out.hopping_s)[pairs],
+                )
+            results.append(
+                SparseHamiltonian(
+                    structure=graph.structure,
+                    basis=self.layout.basis.restricted_to(graph.structure.species),
+                    H=H,
+                    S=S,
                 )
             )
-        return [
-            SparseHamiltonian(
-                structure=graph.structure,
-                basis=self.layout.basis.restricted_to(graph.structure.species),
-                H=H,
-                S=S,
-            )
-            for graph, H, S in zip(graphs, hs, ss, strict=True)
-        ]
+        return results
 
     # -- one large structure, in chunks -------------------------------------------------------
     def predict_large(
@@ -674,73 +676,26 @@ def decode_blocks(
 ) -> BlockMatrix:
     """Universal irreps of one structure -> `BlockMatrix` (canonical pairs decoded, mirrored).
 
+    Blocks are decoded a slice of rows at a time straight into their sorted place, so the
+    temporaries stay small next to the result.
+
     Args:
         onsite: ``[n_atoms, onsite_dim]``; hopping: ``[n_pairs, hopping_dim]`` in the order of
             ``graph``'s pairs.
     """
-    return decode_blocks_many(layout, [graph], onsite, hopping, [0], [0])[0]
-
-
-def decode_blocks_many(
-    layout: OutputLayout,
-    graphs: Sequence[NeighborGraph],
-    onsite: np.ndarray,
-    hopping: np.ndarray,
-    node_offset: Sequence[int],
-    pair_offset: Sequence[int],
-) -> list[BlockMatrix]:
-    """Universal irreps of several structures -> one `BlockMatrix` each.
-
-    The structures are decoded as one disjoint union: one change of basis per species (pair)
-    for all of them, then split, instead of one per structure and species pair (for a batch
-    of small molecules the per-call overhead of the latter was most of the host time:
-    ~3 ms per butanol for H and S). Blocks are decoded a slice of rows at a time straight
-    into their sorted place, so the temporaries stay small next to the result. A structure
-    gets the blocks it would get alone, up to float32 round-off of the matrix products (bit
-    for bit when it is alone); the blocks of the structures of one call are views into
-    shared arrays.
-
-    Args:
-        onsite: ``[n_rows, onsite_dim]``; structure ``g``'s atom ``a`` is row
-            ``node_offset[g] + a``.
-        hopping: ``[n_rows, hopping_dim]``; structure ``g``'s pair ``p`` (in the order of
-            its graph) is row ``pair_offset[g] + p``.
-    """
-    n_graphs = len(graphs)
-    if n_graphs == 0:
-        return []
-    start = np.zeros(n_graphs + 1, np.int64)  # union index of each structure's first atom
-    start[1:] = np.cumsum([g.n_atoms for g in graphs])
-    numbers = np.concatenate([g.structure.numbers for g in graphs])
-    node_row = np.concatenate(
-        [
-            np.arange(g.n_atoms, dtype=np.int64) + int(o)
-            for g, o in zip(graphs, node_offset, strict=True)
-        ]
-    )
-    ci_, cj_, cs_, row_ = [], [], [], []
-    for g, graph in enumerate(graphs):
-        canon = np.flatnonzero(canonical_pair_mask(graph.pair_i, graph.pair_j, graph.pair_shift))
-        ci_.append(graph.pair_i[canon].astype(np.int64) + start[g])
-        cj_.append(graph.pair_j[canon].astype(np.int64) + start[g])
-        cs_.append(graph.pair_shift[canon].astype(np.int32))
-        row_.append(canon + int(pair_offset[g]))
-    ci, cj = np.concatenate(ci_), np.concatenate(cj_)  # [n_canonical], union atom indices
-    cs = np.concatenate(cs_).reshape(-1, 3)
-    rows = np.concatenate(row_)  # hopping row of each canonical pair
+    numbers = graph.structure.numbers
+    onsite_groups = []
+    for z in graph.structure.species:
+        atoms = np.flatnonzero(numbers == z).astype(np.int32)
+        onsite_groups.append(
+            OnsiteGroup(z=z, atoms=atoms, blocks=layout.decode_onsite(z, onsite[atoms]))
+        )
+    canon = np.flatnonzero(canonical_pair_mask(graph.pair_i, graph.pair_j, graph.pair_shift))
+    ci, cj = graph.pair_i[canon], graph.pair_j[canon]  # [n_canonical]
+    cs = graph.pair_shift[canon]  # [n_canonical, 3]
     zi, zj = numbers[ci], numbers[cj]
-    species = tuple(int(z) for z in np.unique(numbers))
-    onsite_groups: list[list[OnsiteGroup]] = [[] for _ in graphs]
-    for z in species:
-        atoms = np.flatnonzero(numbers == z)
-        blocks = layout.decode_onsite(z, onsite[node_row[atoms]])
-        cut = np.searchsorted(atoms, start)
-        for g in range(n_graphs):
-            lo, hi = int(cut[g]), int(cut[g + 1])
-            if hi > lo:
-                local = (atoms[lo:hi] - start[g]).astype(np.int32)
-                onsite_groups[g].append(OnsiteGroup(z=z, atoms=local, blocks=blocks[lo:hi]))
-    hopping_groups: list[list[HoppingGroup]] = [[] for _ in graphs]
+    groups = []
+    species = graph.structure.species
     for a in species:
         for b in species:
             direct = np.flatnonzero((zi == a) & (zj == b))  # rows decoded as (i, j, n)
@@ -749,8 +704,8 @@ def decode_blocks_many(
             n = n_direct + mirror.shape[0]
             if n == 0:
                 continue
-            i = np.concatenate([ci[direct], cj[mirror]])
-            j = np.concatenate([cj[direct], ci[mirror]])
+            i = np.concatenate([ci[direct], cj[mirror]]).astype(np.int32)
+            j = np.concatenate([cj[direct], ci[mirror]]).astype(np.int32)
             sh = np.concatenate([cs[direct], -cs[mirror]]).astype(np.int32)
             order = np.lexsort((sh[:, 2], sh[:, 1], sh[:, 0], j, i))
             place = np.empty(n, dtype=np.int64)  # sorted position of every unsorted row
@@ -760,28 +715,13 @@ def decode_blocks_many(
                 hi = min(lo + _DECODE_ROWS, n)
                 if lo < n_direct:  # direct rows in [lo, min(hi, n_direct))
                     top = min(hi, n_direct)
-                    x = hopping[rows[direct[lo:top]]]
+                    x = hopping[canon[direct[lo:top]]]
                     blocks[place[lo:top]] = layout.decode_hopping(a, b, x)
                 if hi > n_direct:  # mirrored rows in [max(lo, n_direct), hi)
                     bottom = max(lo, n_direct)
-                    x = hopping[rows[mirror[bottom - n_direct : hi - n_direct]]]
+                    x = hopping[canon[mirror[bottom - n_direct : hi - n_direct]]]
                     blocks[place[bottom:hi]] = np.swapaxes(layout.decode_hopping(b, a, x), 1, 2)
-            i, j, sh = i[order], j[order], sh[order]
-            cut = np.searchsorted(i, start)  # rows are sorted by i: one run per structure
-            for g in range(n_graphs):
-                lo, hi = int(cut[g]), int(cut[g + 1])
-                if hi > lo:
-                    hopping_groups[g].append(
-                        HoppingGroup(
-                            z_i=a,
-                            z_j=b,
-                            i=(i[lo:hi] - start[g]).astype(np.int32),
-                            j=(j[lo:hi] - start[g]).astype(np.int32),
-                            shift=sh[lo:hi],
-                            blocks=blocks[lo:hi],
-                        )
-                    )
-    return [
-        BlockMatrix(onsite=tuple(o), hopping=tuple(h))
-        for o, h in zip(onsite_groups, hopping_groups, strict=True)
-    ]
+            groups.append(
+                HoppingGroup(z_i=a, z_j=b, i=i[order], j=j[order], shift=sh[order], blocks=blocks)
+            )
+    return BlockMatrix(onsite=tuple(onsite_groups), hopping=tuple(groups))
