@@ -19,6 +19,9 @@ phase is bounded in time and in requests:
 
     uv run python bench/service_load.py                 # print only
     uv run python bench/service_load.py --quick --write # smaller bounds, update RESULTS.md
+    uv run python bench/service_load.py --throughput-only \
+        --server-env GEARS_H_PREPROCESS_THREADS=8 --section 'Service load (GPU)' --write
+        # phase 2 and the start figures only: a short GPU lease (RESULTS "Service load (GPU)")
 
 ``--model default`` (the default) is the committed bundle; when it is missing the script waits
 up to ``--wait-model`` seconds for it. ``--model random`` builds a small random-parameter bundle
