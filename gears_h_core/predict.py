@@ -110,10 +110,7 @@ def _spare_cores() -> bool:
     `infer` 21-24 s either way) and the second compilation's working set adds to the peak
     memory, so networks are then prepared one after the other.
     """
-    try:
-        return len(os.sched_getaffinity(0)) > 2
-    except AttributeError:  # not Linux
-        return (os.cpu_count() or 1) > 2
+    return _usable_cores() > 2
 
 
 def compile_workers() -> int:
@@ -121,11 +118,15 @@ def compile_workers() -> int:
     them). XLA's compiler keeps about 2 cores busy per compilation (see `_spare_cores`), so
     on a 16-core GPU host 4 of a server's warm-up buckets compile at once; more would mostly
     add the working sets of concurrent compilations to the peak memory."""
+    return max(2, min(4, _usable_cores() // 4))
+
+
+def _usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity where the OS has one)."""
     try:
-        cores = len(os.sched_getaffinity(0))
+        return len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
-        cores = os.cpu_count() or 1
-    return max(2, min(4, cores // 4))
+        return os.cpu_count() or 1
 
 
 @dataclass(frozen=True, eq=False)

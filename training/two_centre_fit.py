@@ -39,14 +39,14 @@ from gears_h_core.model.config import ModelConfig
 from gears_h_core.model.layout import OutputLayout
 from gears_h_core.model.radial import radial_basis, safe_norm
 from gears_h_core.model.scale_shift import Statistics
-from gears_h_core.model.two_centre import TwoCentreLayout
+from gears_h_core.model.two_centre import (
+    HOPPING_TERM,
+    ONSITE_FIELD_TERM,
+    ONSITE_S_FIELD_TERM,
+    OVERLAP_TERM,
+    TwoCentreLayout,
+)
 from training.data.targets import TrainingExample
-
-#: module names of the two-centre terms in the parameter tree
-HOPPING_TERM = "hopping_two_centre"
-OVERLAP_TERM = "overlap_two_centre"
-ONSITE_FIELD_TERM = "onsite_field"  # fitted by `training.onsite_field_fit`
-ONSITE_S_FIELD_TERM = "onsite_s_field"  # likewise, on-site S
 
 RIDGE = 1e-5  # relative to the mean diagonal of each Gram matrix (see the module docstring)
 

@@ -44,7 +44,14 @@ from gears_h_core.model.layout import OutputLayout, pair_kind
 from gears_h_core.model.radial import envelope, radial_basis
 from gears_h_core.model.readout import HoppingReadout, OnsiteReadout, OverlapReadout
 from gears_h_core.model.scale_shift import Statistics
-from gears_h_core.model.two_centre import TwoCentre, TwoCentreLayout
+from gears_h_core.model.two_centre import (
+    HOPPING_TERM,
+    ONSITE_FIELD_TERM,
+    ONSITE_S_FIELD_TERM,
+    OVERLAP_TERM,
+    TwoCentre,
+    TwoCentreLayout,
+)
 
 
 @struct.dataclass
@@ -175,7 +182,11 @@ class _Network(nn.Module):
         s_field = cfg.has_onsite_s_field
         fields = (
             self._onsite_fields(
-                batch, species, edge_sh, edge_r, ("onsite_field", "onsite_s_field")[: 1 + s_field]
+                batch,
+                species,
+                edge_sh,
+                edge_r,
+                (ONSITE_FIELD_TERM, ONSITE_S_FIELD_TERM)[: 1 + s_field],
             )
             if cfg.onsite_field_basis > 0
             else []
@@ -282,14 +293,14 @@ class _Network(nn.Module):
                     kind, tc_basis, tc_sh
                 )
 
-            hopping = hopping + two_centre("hopping_two_centre")
+            hopping = hopping + two_centre(HOPPING_TERM)
         hopping = hopping * stats.hopping_scale[kind] * pair_mask
 
         # 4b. hopping S: a two-centre function of the pair geometry (the form of an overlap
         # integral), plus the network's correction (PAW projector terms) when configured
         hopping_s = None
         if two_centre_s:
-            hopping_s = two_centre("overlap_two_centre")
+            hopping_s = two_centre(OVERLAP_TERM)
             if overlap_correction is not None:
                 hopping_s = hopping_s + overlap_correction.array
         elif cfg.predict_overlap:

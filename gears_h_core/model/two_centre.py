@@ -31,6 +31,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+#: parameter names of the model's least-squares terms (`training.two_centre_fit` and
+#: `training.onsite_field_fit` fit them before training and keep them frozen)
+HOPPING_TERM = "hopping_two_centre"
+OVERLAP_TERM = "overlap_two_centre"
+ONSITE_FIELD_TERM = "onsite_field"  # on-site H crystal field
+ONSITE_S_FIELD_TERM = "onsite_s_field"  # on-site S crystal field
+
 
 @dataclass(frozen=True)
 class TwoCentreLayout:

@@ -32,6 +32,7 @@ from gears_h_core.io.bundle import (
 from gears_h_core.model.hamiltonian import HamiltonianModel, ModelConstants
 from gears_h_core.model.layout import OutputLayout
 from gears_h_core.model.scale_shift import Statistics
+from gears_h_core.model.two_centre import ONSITE_S_FIELD_TERM
 from gears_h_core.predict import Predictor, params_from_flat, params_to_flat
 from gears_h_core.structure import Structure
 from gears_h_core.testing import (
@@ -57,7 +58,6 @@ BASIS = OrbitalBasis(
     }
 )
 PAIR_CUTOFF = 4.0
-ONSITE_S_FIELD = "onsite_s_field"  # the module of the on-site S crystal field
 CONFIG = tiny_model_config()  # edge cutoff 3 Å, 2 interactions, irreps up to l = 4
 # two buckets: <= 15 real atoms (single structures) and <= 47 (the batch of three)
 LADDER = BucketLadder(15, 40, 3.0, edges_per_atom=16, pairs_per_atom=24, max_graphs=3)
@@ -419,7 +419,7 @@ def test_overlap_two_centre_term_and_its_corrections(setup: Setup) -> None:
     hopping = dict(inner["hopping"])
     hopping["overlap_out"] = jax.tree.map(np.zeros_like, hopping["overlap_out"])
     inner["hopping"] = hopping
-    inner[ONSITE_S_FIELD] = jax.tree.map(np.zeros_like, inner[ONSITE_S_FIELD])
+    inner[ONSITE_S_FIELD_TERM] = jax.tree.map(np.zeros_like, inner[ONSITE_S_FIELD_TERM])
     two_centre_only = Predictor(
         dataclasses.replace(setup.bundle, params=params_to_flat({**setup.params, "params": inner}))
     )
