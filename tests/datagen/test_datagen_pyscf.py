@@ -221,3 +221,56 @@ def test_sample_modes_cli(pyscf, tmp_path: Path) -> None:
         d = f.positions - WATER.positions
         assert np.abs((WATER.get_masses()[:, None] * d).sum(0)).max() < 1e-6  # extxyz: 1e-8 Å
         assert 0 < np.linalg.norm(d, axis=1).max() < 0.5
+
+
+def test_sample_modes_relax_reaches_a_minimum(pyscf, tmp_path: Path, capsys) -> None:
+    """``--relax``: the reference written next to the samples has every PySCF force (computed
+    here independently) below FMAX, so all 3 water modes are real and sampled; the samples
+    are displaced from the relaxed geometry, not the input; each record names the relaxation."""
+    from ase.io import read
+    from ase.units import Bohr, Ha
+    from pyscf import gto, scf
+
+    from training.datagen.sampling import sampling_record
+
+    stretched = WATER.copy()
+    stretched.positions[1] += [0.0, 0.15, -0.05]  # an O–H bond 0.15 Å too long
+    src = tmp_path / "water.xyz"
+    write(src, stretched)
+    out = tmp_path / "s.extxyz"
+    argv = ["datagen", "sample", "modes", str(src), "-o", str(out), "-n", "2", "--seed", "4"]
+    assert main([*argv, "--xc", "HF", "--basis", "sto-3g", "--relax", "0.005"]) == 0
+    ref = read(tmp_path / "s.reference.xyz")
+    mol = gto.M(
+        atom=[
+            (s, tuple(p)) for s, p in zip(ref.get_chemical_symbols(), ref.positions, strict=True)
+        ],
+        basis="sto-3g",
+        unit="Angstrom",
+        verbose=0,
+    )
+    mf = scf.RHF(mol)
+    mf.conv_tol = 1e-11
+    mf.kernel()
+    forces = np.linalg.norm(mf.nuc_grad_method().kernel(), axis=1) * Ha / Bohr
+    assert forces.max() < 0.005 * 1.01  # extxyz stores positions to 1e-8 Å
+    oh = np.linalg.norm(ref.positions[1] - ref.positions[0])
+    assert abs(oh - np.linalg.norm(stretched.positions[1] - stretched.positions[0])) > 0.05
+    recs = [sampling_record(f) for f in read(out, index=":")]
+    for rec in recs:
+        assert rec["n_modes_sampled"] == 3 and rec["n_modes_skipped_not_minimum"] == 0
+        relax = rec["reference_relaxation"]
+        assert relax["steps"] > 0 and relax["final_max_force_eV_per_A"] < 0.005
+        assert "relaxed" in rec["reference"]
+    for f in read(out, index=":"):
+        assert np.linalg.norm(f.positions - ref.positions, axis=1).max() < 0.5
+    assert "relaxed in" in capsys.readouterr().err
+
+
+def test_sample_modes_relax_needs_positive_fmax(pyscf, tmp_path: Path, capsys) -> None:
+    src = tmp_path / "water.xyz"
+    write(src, WATER)
+    out = tmp_path / "s.extxyz"
+    argv = ["datagen", "sample", "modes", str(src), "-o", str(out), "--relax", "0"]
+    assert "--relax" in one_line_error(capsys, argv)
+    assert not out.exists() and not (tmp_path / "s.reference.xyz").exists()

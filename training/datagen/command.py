@@ -135,6 +135,16 @@ def register_datagen(sub: Any) -> None:
     mod.add_argument("--classical", action="store_true", help="classical instead of quantum")
     mod.add_argument("--xc", default="PBE", help="Hessian functional (default PBE)")
     mod.add_argument("--basis", default="def2-svp", help="Hessian basis (default def2-svp)")
+    mod.add_argument(
+        "--relax",
+        type=float,
+        nargs="?",
+        const=1e-3,
+        default=None,
+        metavar="FMAX",
+        help="first relax the structure (BFGS on PySCF gradients, same xc/basis) until every "
+        "force is below FMAX eV/Å (default 1e-3); writes it to OUTPUT's stem + .reference.xyz",
+    )
     mod.set_defaults(func=_cmd_sample_modes)
 
 
@@ -314,7 +324,12 @@ def _cmd_sample_modes(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from training.datagen.pyscf_run import import_pyscf
-    from training.datagen.sampling import pyscf_hessian, thermal_normal_modes, write_samples
+    from training.datagen.sampling import (
+        pyscf_hessian,
+        pyscf_relax,
+        thermal_normal_modes,
+        write_samples,
+    )
 
     atoms = _read_one(args.structure)
     if any(atoms.pbc):
@@ -325,10 +340,26 @@ def _cmd_sample_modes(args: argparse.Namespace) -> int:
         import_pyscf()
     except ValueError as exc:
         raise ValueError(str(exc)) from None
+    if args.relax is not None and args.relax <= 0:
+        raise ValueError("--relax: FMAX must be > 0")
     console = Console(stderr=True, soft_wrap=True)
+    relaxation = None
+    if args.relax is not None:
+        from ase.io import write
+
+        console.print(f"relaxing {args.structure} ({args.xc}/{args.basis}, fmax {args.relax:g})")
+        atoms, relaxation = pyscf_relax(atoms, args.xc, args.basis, fmax=args.relax)
+        ref_path = Path(args.output).with_suffix(".reference.xyz")
+        write(ref_path, atoms, format="extxyz")
+        console.print(
+            f"relaxed in {relaxation['steps']} steps (largest force "
+            f"{relaxation['final_max_force_eV_per_A']:.2g} eV/Å) -> {ref_path}"
+        )
     console.print(f"Hessian of {args.structure} ({args.xc}/{args.basis}) ...")
     hessian = pyscf_hessian(atoms, args.xc, args.basis)
     ref = f"{args.structure} ({args.xc}/{args.basis} Hessian)"
+    if relaxation is not None:
+        ref = f"{args.structure} relaxed ({args.xc}/{args.basis} Hessian)"
     samples = [
         thermal_normal_modes(
             atoms,
@@ -340,6 +371,9 @@ def _cmd_sample_modes(args: argparse.Namespace) -> int:
         )
         for k in range(args.n)
     ]
+    if relaxation is not None:
+        for _, record in samples:
+            record["reference_relaxation"] = relaxation
     out = write_samples(args.output, samples)
     console.print(f"wrote {len(samples)} samples to {out}")
     return 0

@@ -12,7 +12,8 @@ can be rebuilt exactly. `write_samples` stores the record in each frame's
   (``shared/data/README.md`` §4.1–4.2).
 * `thermal_normal_modes`: displacements along the vibrational normal modes of a Hessian
   with the quantum-harmonic thermal distribution at a temperature drawn from a range (the
-  recipe of the shipped butanol set, §4.3). `pyscf_hessian` computes the Hessian.
+  recipe of the shipped butanol set, §4.3). `pyscf_hessian` computes the Hessian, at a
+  minimum found by `pyscf_relax` (BFGS on PySCF gradients) when the input is not one.
 
 Geometries with two atoms closer than ``min_contact`` × the sum of their covalent radii
 are rejected and redrawn from the same random stream (the number of attempts is recorded).
@@ -35,6 +36,7 @@ __all__ = [
     "distort_periodic",
     "hbn_supercell",
     "pyscf_hessian",
+    "pyscf_relax",
     "sampling_record",
     "thermal_normal_modes",
     "write_samples",
@@ -256,9 +258,8 @@ def thermal_normal_modes(
     raise ValueError(f"seed {seed}: no acceptable geometry in {MAX_ATTEMPTS} draws")
 
 
-def pyscf_hessian(atoms: Atoms, xc: str, basis: str, charge: int = 0) -> np.ndarray:
-    """Analytic PySCF Hessian (RKS, or RHF for ``xc = "HF"``) in eV/Å², ``[3n, 3n]``."""
-    from ase.units import Bohr, Ha
+def _pyscf_rks(atoms: Atoms, xc: str, basis: str, charge: int):  # -> pyscf SCF object
+    """A tightly converged restricted Kohn–Sham (or RHF for ``xc = "HF"``) object of ``atoms``."""
     from pyscf import dft, gto, scf
 
     mol = gto.M(
@@ -277,12 +278,86 @@ def pyscf_hessian(atoms: Atoms, xc: str, basis: str, charge: int = 0) -> np.ndar
         mf = dft.RKS(mol)
         mf.xc = xc
     mf.conv_tol = 1e-11
+    return mf
+
+
+def pyscf_hessian(atoms: Atoms, xc: str, basis: str, charge: int = 0) -> np.ndarray:
+    """Analytic PySCF Hessian (RKS, or RHF for ``xc = "HF"``) in eV/Å², ``[3n, 3n]``."""
+    from ase.units import Bohr, Ha
+
+    mf = _pyscf_rks(atoms, xc, basis, charge)
     mf.kernel()
     if not mf.converged:
         raise ValueError("Hessian: SCF not converged")
     h = np.asarray(mf.Hessian().kernel())  # [n, n, 3, 3] Ha/Bohr²
     n = len(atoms)
     return h.transpose(0, 2, 1, 3).reshape(3 * n, 3 * n) * Ha / Bohr**2
+
+
+def pyscf_relax(
+    atoms: Atoms,
+    xc: str,
+    basis: str,
+    *,
+    fmax: float = 1e-3,
+    steps: int = 300,
+    charge: int = 0,
+    logfile: str | None = None,
+) -> tuple[Atoms, dict[str, Any]]:
+    """Relax a molecule to a minimum with ASE's BFGS on analytic PySCF gradients.
+
+    A Hessian is only a set of normal modes at a minimum: elsewhere the forces shift every
+    sample and soft modes turn imaginary (and are skipped). Each SCF starts from the
+    previous geometry's density.
+
+    Returns:
+        ``(relaxed atoms, record)``, the record holding the method, ``fmax``, the largest
+        remaining force (eV/Å), the number of optimiser steps and the energy (eV).
+
+    Raises:
+        ValueError: an SCF did not converge, or ``steps`` were not enough.
+    """
+    from ase.calculators.calculator import Calculator, all_changes
+    from ase.optimize import BFGS
+    from ase.units import Bohr, Ha
+
+    class _PySCFForces(Calculator):
+        implemented_properties = ("energy", "forces")
+
+        def __init__(self) -> None:
+            super().__init__()
+            self._dm = None
+
+        def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+            super().calculate(atoms, properties, system_changes)
+            mf = _pyscf_rks(self.atoms, xc, basis, charge)
+            energy = mf.kernel(dm0=self._dm)
+            if not mf.converged:
+                raise ValueError("relaxation: SCF not converged")
+            self._dm = mf.make_rdm1()
+            grad = np.asarray(mf.nuc_grad_method().kernel())  # Ha/Bohr
+            self.results = {"energy": float(energy) * Ha, "forces": -grad * Ha / Bohr}
+
+    work = atoms.copy()
+    work.calc = _PySCFForces()
+    opt = BFGS(work, logfile=logfile, maxstep=0.1)
+    converged = bool(opt.run(fmax=fmax, steps=steps))
+    forces = work.get_forces()
+    remaining = float(np.linalg.norm(forces, axis=1).max())
+    if not converged:
+        raise ValueError(
+            f"relaxation: largest force {remaining:.2g} eV/Å > {fmax:g} after {steps} steps"
+        )
+    record = {
+        "method": f"BFGS on PySCF {xc}/{basis} gradients",
+        "fmax_eV_per_A": fmax,
+        "final_max_force_eV_per_A": remaining,
+        "steps": int(opt.nsteps),
+        "energy_eV": float(work.get_potential_energy()),
+    }
+    out = work.copy()
+    out.calc = None
+    return out, record
 
 
 def sampling_record(atoms: Atoms) -> dict[str, Any] | None:
