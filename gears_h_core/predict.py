@@ -130,6 +130,23 @@ def _usable_cores() -> int:
 
 
 @dataclass(frozen=True, eq=False)
+class StructureIrreps:
+    """One structure's network output (universal irreps), not yet decoded to blocks.
+
+    Attributes:
+        graph: the structure's neighbour graph.
+        onsite_h, hopping_h: ``[n_atoms, onsite_dim]``, ``[n_pairs, hopping_dim]``.
+        onsite_s, hopping_s: the same for S, or None (not predicted or not wanted).
+    """
+
+    graph: NeighborGraph
+    onsite_h: np.ndarray
+    hopping_h: np.ndarray
+    onsite_s: np.ndarray | None
+    hopping_s: np.ndarray | None
+
+
+@dataclass(frozen=True, eq=False)
 class _Prepared:
     graphs: list[NeighborGraph]
     batch: GraphBatch
@@ -353,36 +370,53 @@ class Predictor:
             return [r for g in graphs for r in self.predict_graphs([g], overlap=overlap)]
         return self.decode(prepared, self.run(prepared), overlap=overlap)
 
+    def split(
+        self, prepared: _Prepared, out: HamiltonianIrreps, *, overlap: bool | Sequence[bool] = True
+    ) -> list[StructureIrreps]:
+        """Every structure's share of a batch's output (views; S dropped where not wanted).
+
+        ``overlap``: one flag for all structures or one per structure.
+        """
+        flags = [overlap] * len(prepared.graphs) if isinstance(overlap, bool) else list(overlap)
+        has_s = out.onsite_s is not None and out.hopping_s is not None
+        onsite_h, hopping_h = np.asarray(out.onsite_h), np.asarray(out.hopping_h)
+        onsite_s = np.asarray(out.onsite_s) if has_s else None
+        hopping_s = np.asarray(out.hopping_s) if has_s else None
+        shares = []
+        for g, (graph, want_s) in enumerate(zip(prepared.graphs, flags, strict=True)):
+            nodes = prepared.layout.node_slice(g)
+            pairs = prepared.layout.pair_slice(g)
+            s_wanted = want_s and onsite_s is not None and hopping_s is not None
+            shares.append(
+                StructureIrreps(
+                    graph=graph,
+                    onsite_h=onsite_h[nodes],
+                    hopping_h=hopping_h[pairs],
+                    onsite_s=onsite_s[nodes] if s_wanted else None,
+                    hopping_s=hopping_s[pairs] if s_wanted else None,
+                )
+            )
+        return shares
+
+    def decode_one(self, share: StructureIrreps) -> SparseHamiltonian:
+        """Orbital blocks of one structure's irreps (thread-safe; the service runs it in the
+        request's thread, off the device worker)."""
+        graph = share.graph
+        H = decode_blocks(self.layout, graph, share.onsite_h, share.hopping_h)
+        S = None
+        if share.onsite_s is not None and share.hopping_s is not None:
+            S = decode_blocks(self.layout, graph, share.onsite_s, share.hopping_s)
+        return SparseHamiltonian(
+            structure=graph.structure,
+            basis=self.layout.basis.restricted_to(graph.structure.species),
+            H=H,
+            S=S,
+        )
+
     def decode(
         self, prepared: _Prepared, out: HamiltonianIrreps, *, overlap: bool = True
     ) -> list[SparseHamiltonian]:
-        results = []
-        for g, graph in enumerate(prepared.graphs):
-            nodes = prepared.layout.node_slice(g)
-            pairs = prepared.layout.pair_slice(g)
-            H = decode_blocks(
-                self.layout,
-                graph,
-                np.asarray(out.onsite_h)[nodes],
-                np.asarray(out.hopping_h)[pairs],
-            )
-            S = None
-            if overlap and out.onsite_s is not None and out.hopping_s is not None:
-                S = decode_blocks(
-                    self.layout,
-                    graph,
-                    np.asarray(out.onsite_s)[nodes],
-                    np.asarray(out.hopping_s)[pairs],
-                )
-            results.append(
-                SparseHamiltonian(
-                    structure=graph.structure,
-                    basis=self.layout.basis.restricted_to(graph.structure.species),
-                    H=H,
-                    S=S,
-                )
-            )
-        return results
+        return [self.decode_one(share) for share in self.split(prepared, out, overlap=overlap)]
 
     # -- one large structure, in chunks -------------------------------------------------------
     def predict_large(
@@ -677,52 +711,77 @@ def decode_blocks(
 ) -> BlockMatrix:
     """Universal irreps of one structure -> `BlockMatrix` (canonical pairs decoded, mirrored).
 
-    Blocks are decoded a slice of rows at a time straight into their sorted place, so the
-    temporaries stay small next to the result.
+    Every canonical pair gives two rows, ``(i, j, n)`` decoded directly and ``(j, i, −n)``
+    decoded as its partner's type and transposed; one sort by (species pair, i, j, n) puts
+    all rows in their place. Blocks are decoded a slice of rows at a time straight into that
+    place, so the temporaries stay small next to the result. The arithmetic of a block
+    depends only on its own row of irreps (one matrix product per species pair and slice,
+    within this structure), never on other structures of a batch.
 
     Args:
         onsite: ``[n_atoms, onsite_dim]``; hopping: ``[n_pairs, hopping_dim]`` in the order of
             ``graph``'s pairs.
     """
     numbers = graph.structure.numbers
+    species = graph.structure.species  # sorted
+    rank = np.searchsorted(species, numbers)  # species rank of every atom
+    order_atoms = np.argsort(rank, kind="stable")
+    atom_bounds = np.searchsorted(rank[order_atoms], np.arange(len(species) + 1))
     onsite_groups = []
-    for z in graph.structure.species:
-        atoms = np.flatnonzero(numbers == z).astype(np.int32)
+    for s, z in enumerate(species):
+        atoms = order_atoms[atom_bounds[s] : atom_bounds[s + 1]].astype(np.int32)
         onsite_groups.append(
-            OnsiteGroup(z=z, atoms=atoms, blocks=layout.decode_onsite(z, onsite[atoms]))
+            OnsiteGroup(z=z, atoms=atoms, blocks=layout.decode_onsite(z, onsite, atoms))
         )
     canon = np.flatnonzero(canonical_pair_mask(graph.pair_i, graph.pair_j, graph.pair_shift))
+    n_canon = canon.shape[0]
     ci, cj = graph.pair_i[canon], graph.pair_j[canon]  # [n_canonical]
     cs = graph.pair_shift[canon]  # [n_canonical, 3]
-    zi, zj = numbers[ci], numbers[cj]
+    # rows [0, n_canon): (i, j, n) as stored; rows [n_canon, 2 n_canon): partners (j, i, −n)
+    i = np.concatenate([ci, cj]).astype(np.int32)
+    j = np.concatenate([cj, ci]).astype(np.int32)
+    sh = np.concatenate([cs, -cs]).astype(np.int32)
+    n_sp = len(species)
+    kind = rank[i] * n_sp + rank[j]  # the group (ordered species pair) of every row
+    order = np.lexsort((sh[:, 2], sh[:, 1], sh[:, 0], j, i, kind))
+    bounds = np.searchsorted(kind[order], np.arange(n_sp * n_sp + 1))
+    place = np.empty(2 * n_canon, np.int64)  # every row's position in its sorted group
+    place[order] = np.arange(2 * n_canon) - bounds[kind[order]]
+    blocks = {
+        k: np.empty(
+            (
+                bounds[k + 1] - bounds[k],
+                layout.basis.n_orb(species[k // n_sp]),
+                layout.basis.n_orb(species[k % n_sp]),
+            ),
+            np.float32,
+        )
+        for k in range(n_sp * n_sp)
+        if bounds[k + 1] > bounds[k]
+    }
+    # each canonical row is decoded once: B into its group, Bᵀ into its partner's
+    by_kind = np.argsort(kind[:n_canon], kind="stable")
+    kind_bounds = np.searchsorted(kind[:n_canon][by_kind], np.arange(n_sp * n_sp + 1))
+    for k in range(n_sp * n_sp):
+        rows = by_kind[kind_bounds[k] : kind_bounds[k + 1]]
+        a, b = species[k // n_sp], species[k % n_sp]
+        partner = (k % n_sp) * n_sp + k // n_sp
+        for r in range(0, rows.shape[0], _DECODE_ROWS):
+            c = rows[r : r + _DECODE_ROWS]
+            blk = layout.decode_hopping(a, b, hopping, canon[c])
+            blocks[k][place[c]] = blk
+            blocks[partner][place[c + n_canon]] = np.swapaxes(blk, 1, 2)
     groups = []
-    species = graph.structure.species
-    for a in species:
-        for b in species:
-            direct = np.flatnonzero((zi == a) & (zj == b))  # rows decoded as (i, j, n)
-            mirror = np.flatnonzero((zi == b) & (zj == a))  # rows decoded as (j, i, −n)
-            n_direct = direct.shape[0]
-            n = n_direct + mirror.shape[0]
-            if n == 0:
-                continue
-            i = np.concatenate([ci[direct], cj[mirror]]).astype(np.int32)
-            j = np.concatenate([cj[direct], ci[mirror]]).astype(np.int32)
-            sh = np.concatenate([cs[direct], -cs[mirror]]).astype(np.int32)
-            order = np.lexsort((sh[:, 2], sh[:, 1], sh[:, 0], j, i))
-            place = np.empty(n, dtype=np.int64)  # sorted position of every unsorted row
-            place[order] = np.arange(n)
-            blocks = np.empty((n, layout.basis.n_orb(a), layout.basis.n_orb(b)), np.float32)
-            for lo in range(0, n, _DECODE_ROWS):
-                hi = min(lo + _DECODE_ROWS, n)
-                if lo < n_direct:  # direct rows in [lo, min(hi, n_direct))
-                    top = min(hi, n_direct)
-                    x = hopping[canon[direct[lo:top]]]
-                    blocks[place[lo:top]] = layout.decode_hopping(a, b, x)
-                if hi > n_direct:  # mirrored rows in [max(lo, n_direct), hi)
-                    bottom = max(lo, n_direct)
-                    x = hopping[canon[mirror[bottom - n_direct : hi - n_direct]]]
-                    blocks[place[bottom:hi]] = np.swapaxes(layout.decode_hopping(b, a, x), 1, 2)
-            groups.append(
-                HoppingGroup(z_i=a, z_j=b, i=i[order], j=j[order], shift=sh[order], blocks=blocks)
+    for k, group_blocks in blocks.items():
+        sel = order[bounds[k] : bounds[k + 1]]
+        groups.append(
+            HoppingGroup(
+                z_i=species[k // n_sp],
+                z_j=species[k % n_sp],
+                i=i[sel],
+                j=j[sel],
+                shift=sh[sel],
+                blocks=group_blocks,
             )
+        )
     return BlockMatrix(onsite=tuple(onsite_groups), hopping=tuple(groups))

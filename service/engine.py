@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import enum
 import logging
 import os
@@ -45,9 +44,9 @@ from gears_h_core.io.wire import (
     encode_result,
     is_msgpack_content_type,
 )
-from gears_h_core.predict import Predictor
+from gears_h_core.predict import Predictor, StructureIrreps
 from gears_h_core.structure import Structure, StructureError
-from gears_h_core.types import NeighborGraph, SparseHamiltonian
+from gears_h_core.types import NeighborGraph
 from service.batching import Batcher, BatchInfo, Budget, Job, JobResult
 from service.errors import ServiceError, bad_request, deadline_exceeded, unavailable
 from service.metrics import Metrics
@@ -135,7 +134,7 @@ class Engine:
         self.phase = Phase.STARTING
         self.detail = "loading the model"
         self.in_flight = 0
-        self._batcher: Batcher[NeighborGraph, SparseHamiltonian] | None = None
+        self._batcher: Batcher[NeighborGraph, StructureIrreps] | None = None
         self._executor = ThreadPoolExecutor(
             settings.preprocess_threads, thread_name_prefix="gearsh-cpu"
         )
@@ -349,13 +348,13 @@ class Engine:
         if deadline is not None and time.monotonic() >= deadline:
             raise deadline_exceeded("deadline exceeded before the request was read")
         loop = asyncio.get_running_loop()
-        outcome: asyncio.Future[JobResult[SparseHamiltonian] | BaseException] = loop.create_future()
+        outcome: asyncio.Future[JobResult[StructureIrreps] | BaseException] = loop.create_future()
 
-        def on_done(result: JobResult[SparseHamiltonian] | BaseException) -> None:
+        def on_done(result: JobResult[StructureIrreps] | BaseException) -> None:
             with contextlib.suppress(RuntimeError):  # loop closed: nobody is waiting
                 loop.call_soon_threadsafe(_settle, outcome, result)
 
-        jobs: list[Job[NeighborGraph, SparseHamiltonian]] = []
+        jobs: list[Job[NeighborGraph, StructureIrreps]] = []
         arrival = batcher.announce()
 
         def prepare_and_submit() -> None:
@@ -450,38 +449,44 @@ class Engine:
         if self.settings.debug_delay_ms > 0:
             time.sleep(self.settings.debug_delay_ms / 1e3)
 
-    def _run_batch(
-        self, graphs: list[NeighborGraph], overlap: list[bool]
-    ) -> list[SparseHamiltonian]:
-        """The batcher's device call: pad, run, decode (device worker thread)."""
+    def _run_batch(self, graphs: list[NeighborGraph], overlap: list[bool]) -> list[StructureIrreps]:
+        """The batcher's device call: pad, run, split the output per structure (device
+        worker thread). Decoding to blocks happens in each request's thread (`_encode`), so
+        the device worker can start the next batch meanwhile."""
         predictor = self.predictor
         assert predictor is not None
         prepared = predictor.prepare_graphs(graphs)
         self._debug_delay()
         out = predictor.run(prepared)
-        results = predictor.decode(prepared, out, overlap=any(overlap))
         bucket = prepared.layout.bucket
         eff = self.metrics.padding_efficiency
         eff.labels(kind="atoms").observe(int(np.sum(prepared.layout.n_atoms)) / bucket.n_nodes)
         eff.labels(kind="pairs").observe(int(np.sum(prepared.layout.n_pairs)) / bucket.n_pairs)
-        return [
-            sh if want or sh.S is None else dataclasses.replace(sh, S=None)
-            for sh, want in zip(results, overlap, strict=True)
-        ]
+        return predictor.split(prepared, out, overlap=overlap)
 
     def _observe_batch(self, info: BatchInfo) -> None:
         self.metrics.compute_seconds.observe(info.seconds)
         self.metrics.batch_structures.observe(info.n_structures)
         self.metrics.batch_requests.observe(info.n_requests)
 
-    def _encode(self, result: JobResult[SparseHamiltonian]) -> tuple[bytes, float]:
-        """Response body and the seconds spent building the result documents."""
-        assert self.predictor is not None
-        info = self.predictor.model_info
+    def _encode(self, result: JobResult[StructureIrreps]) -> tuple[bytes, float]:
+        """Decode every structure's blocks and build the response body (request thread).
+
+        Returns the body and the seconds spent building the result documents. A structure's
+        ``compute_ms`` is its batch's device call plus its own decoding.
+        """
+        predictor = self.predictor
+        assert predictor is not None
+        info = predictor.model_info
+        decoded = []
+        for share, c in zip(result.values, result.compute_ms, strict=True):
+            start = time.perf_counter()
+            sh = predictor.decode_one(share)
+            decoded.append((sh, c + (time.perf_counter() - start) * 1e3))
         start = time.perf_counter()
         docs = [
             encode_result(sh, info, Timing(q, c, 0.0))
-            for sh, q, c in zip(result.values, result.queue_ms, result.compute_ms, strict=True)
+            for (sh, c), q in zip(decoded, result.queue_ms, strict=True)
         ]
         seconds = time.perf_counter() - start
         for doc in docs:

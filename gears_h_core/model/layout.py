@@ -231,15 +231,37 @@ class OutputLayout:
         out[:, self.hopping_index(z_i, z_j)] = bi.block_to_irreps(np.asarray(blocks, np.float64))
         return out
 
-    def decode_onsite(self, z: int, x: np.ndarray) -> np.ndarray:
-        """``[n, onsite_irreps.dim]`` -> symmetric ``[n, n_orb, n_orb]`` float32 blocks."""
-        bi = self.onsite_block_irreps(z)
-        blocks = bi.irreps_to_block(np.asarray(x, np.float32)[:, self.onsite_index(z)])
-        blocks = np.asarray(blocks, np.float32)
+    @cached_property
+    def _decoders(self) -> dict[tuple[int, int], tuple[np.ndarray, np.ndarray, int, int]]:
+        """Per ordered species pair (on-site: ``(z, z)`` under key ``(-z, -z)``): the used
+        channels, the float32 change of basis ``Uᵀ`` (contiguous, ``[used, n_i·n_j]``) and the
+        block shape, so that decoding a slice of rows is one gather and one matrix product."""
+        out: dict[tuple[int, int], tuple[np.ndarray, np.ndarray, int, int]] = {}
+        for a in self.species:
+            bi = self.onsite_block_irreps(a)
+            ut = np.ascontiguousarray(bi.matrix.T.astype(np.float32))
+            out[(-a, -a)] = (self.onsite_index(a), ut, bi.n_i, bi.n_j)
+            for b in self.species:
+                bi = self.hopping_block_irreps(a, b)
+                ut = np.ascontiguousarray(bi.matrix.T.astype(np.float32))
+                out[(a, b)] = (self.hopping_index(a, b), ut, bi.n_i, bi.n_j)
+        return out
+
+    def _decode(self, key: tuple[int, int], x: np.ndarray, rows: np.ndarray | None) -> np.ndarray:
+        index, ut, n_i, n_j = self._decoders[key]
+        x = np.asarray(x, np.float32)
+        used = x[:, index] if rows is None else x[np.ix_(rows, index)]
+        return (used @ ut).reshape(used.shape[0], n_i, n_j)
+
+    def decode_onsite(self, z: int, x: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+        """``[n, onsite_irreps.dim]`` -> symmetric ``[n, n_orb, n_orb]`` float32 blocks (of
+        the rows ``rows`` of ``x`` only, when given)."""
+        blocks = self._decode((-int(z), -int(z)), x, rows)
         return 0.5 * (blocks + np.swapaxes(blocks, 1, 2))
 
-    def decode_hopping(self, z_i: int, z_j: int, x: np.ndarray) -> np.ndarray:
-        """``[n, hopping_irreps.dim]`` -> ``[n, n_orb_i, n_orb_j]`` float32 blocks."""
-        bi = self.hopping_block_irreps(z_i, z_j)
-        blocks = bi.irreps_to_block(np.asarray(x, np.float32)[:, self.hopping_index(z_i, z_j)])
-        return np.asarray(blocks, np.float32)
+    def decode_hopping(
+        self, z_i: int, z_j: int, x: np.ndarray, rows: np.ndarray | None = None
+    ) -> np.ndarray:
+        """``[n, hopping_irreps.dim]`` -> ``[n, n_orb_i, n_orb_j]`` float32 blocks (of the
+        rows ``rows`` of ``x`` only, when given)."""
+        return self._decode((int(z_i), int(z_j)), x, rows)
