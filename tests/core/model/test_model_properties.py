@@ -261,6 +261,23 @@ def test_padding_and_batch_invariance(setup: Setup) -> None:
     assert worst <= 1e-6
 
 
+def test_split_shares_decode_like_the_batch(setup: Setup) -> None:
+    """The service's path: a batch's output split per structure (device worker) and each
+    share decoded on its own (request thread) gives the batch's blocks bit for bit; S only
+    where that structure asked for it."""
+    predictor = setup.predictor
+    prepared = predictor.prepare([ethanol(), formaldehyde()])
+    out = predictor.run(prepared)
+    whole = predictor.decode(prepared, out)
+    shares = predictor.split(prepared, out, overlap=[False, True])
+    assert shares[0].onsite_s is None and shares[0].hopping_s is None
+    first, second = (predictor.decode_one(share) for share in shares)
+    assert first.S is None and second.S is not None
+    assert_block_matrices_close(whole[0].H, first.H, rtol=0.0, name="H")
+    assert_block_matrices_close(whole[1].S, second.S, rtol=0.0, name="S")
+    assert_block_matrices_close(whole[1].H, second.H, rtol=0.0, name="H")
+
+
 # -- 4. permutation ----------------------------------------------------------------------------
 
 
