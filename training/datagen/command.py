@@ -352,7 +352,7 @@ def _cmd_sample_modes(args: argparse.Namespace) -> int:
         ref_path = Path(args.output).with_suffix(".reference.xyz")
         write(ref_path, atoms, format="extxyz")
         console.print(
-            f"relaxed in {relaxation['steps']} steps (largest force "
+            f"relaxed in {relaxation['gradient_evaluations']} gradient evaluations (largest force "
             f"{relaxation['final_max_force_eV_per_A']:.2g} eV/Å) -> {ref_path}"
         )
     console.print(f"Hessian of {args.structure} ({args.xc}/{args.basis}) ...")
