@@ -87,7 +87,13 @@ def body_kind(content_type: str | None) -> BodyKind:
 
 
 def configure_jax(settings: Settings) -> None:
-    """Process-wide JAX options from the settings (called at start-up, never at import)."""
+    """Process-wide JAX and BLAS options from the settings (called at start-up, never at
+    import)."""
+    from threadpoolctl import threadpool_limits
+
+    # one BLAS thread per decoding request thread: OpenBLAS's own pool, sized for the whole
+    # machine, made each decode wait on busy cores (h-BN, 2 cores under load: 64 -> 11 ms)
+    threadpool_limits(limits=settings.blas_threads, user_api="blas")
     if settings.gpu_memory_fraction is not None:
         # the explicit setting wins over an inherited XLA_PYTHON_CLIENT_MEM_FRACTION (an
         # image default, say); JAX reads it when its backend starts, which is after this

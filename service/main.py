@@ -19,7 +19,8 @@ run each once; ``smallest``: run only the smallest, a faster restart on a CPU), 
 (override the bundle's bucket ladder: largest structure, structures per batch),
 ``GEARS_H_LADDER_SPARSE_TIERS`` (``true``; ``false`` drops the bundle ladder's sparse bucket
 tier for molecules, halving the warm-up compilations),
-``GEARS_H_PREPROCESS_THREADS`` (2), ``GEARS_H_GPU_MEMORY_FRACTION`` (sets
+``GEARS_H_PREPROCESS_THREADS`` (2: parse, build graphs, decode blocks, serialise),
+``GEARS_H_BLAS_THREADS`` (1: numpy's BLAS threads, per decoding thread), ``GEARS_H_GPU_MEMORY_FRACTION`` (sets
 ``XLA_PYTHON_CLIENT_MEM_FRACTION``), ``GEARS_H_LOG_LEVEL`` (``info``) and, for tests only,
 ``GEARS_H_DEBUG_DELAY_MS`` (sleep before every device call, warm-up included).
 

@@ -94,7 +94,17 @@ class Settings(BaseSettings):
         "tier only, half the warm-up compilations of a bundle with one sparse tier",
     )
     preprocess_threads: int = Field(
-        default=2, ge=1, le=64, description="threads that parse, build graphs and serialise"
+        default=2,
+        ge=1,
+        le=64,
+        description="threads that parse, build graphs, decode blocks and serialise",
+    )
+    blas_threads: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="BLAS threads of the host's numpy work (decoding blocks); requests run in "
+        "parallel in the preprocess threads already, so more oversubscribes the cores",
     )
     gpu_memory_fraction: float | None = Field(
         default=None,

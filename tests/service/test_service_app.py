@@ -52,6 +52,31 @@ def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
         Settings(no_such_setting=1)  # type: ignore[call-arg]
 
 
+def test_blas_threads_setting_limits_numpy_blas(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Start-up sets numpy's BLAS pool to ``GEARS_H_BLAS_THREADS`` (decoding runs in the
+    preprocess threads; a machine-sized BLAS pool per call oversubscribes the cores)."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from service.engine import configure_jax
+
+    def blas_threads() -> set[int]:
+        return {p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"}
+
+    assert blas_threads(), "numpy has no BLAS that threadpoolctl sees"
+    monkeypatch.setenv("GEARS_H_COMPILATION_CACHE_DIR", "")  # leave JAX's cache alone
+    monkeypatch.delenv("GEARS_H_GPU_MEMORY_FRACTION", raising=False)
+    with threadpool_limits(limits=None):  # restores the pool sizes afterwards
+        monkeypatch.setenv("GEARS_H_BLAS_THREADS", "2")
+        configure_jax(Settings())
+        assert blas_threads() == {2}
+        monkeypatch.delenv("GEARS_H_BLAS_THREADS")
+        configure_jax(Settings())
+        assert blas_threads() == {1}
+    monkeypatch.setenv("GEARS_H_BLAS_THREADS", "0")
+    with pytest.raises(ValidationError):
+        Settings()
+
+
 # -- an app that never becomes ready (no lifespan: no model) ---------------------------------------
 
 
