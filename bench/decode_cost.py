@@ -5,6 +5,7 @@ atom and pair, and `Predictor.decode_one` turns them into H and S blocks (one ch
 basis per species pair, sorted rows). This prints, per validation set of the default model
 (or MODEL), the device call of one batch (pad excluded) and the decoding of H and S per
 structure, medians over repeats, and with ``--write`` stores the table in bench/RESULTS.md.
+numpy's BLAS runs one thread, as in the service (``GEARS_H_BLAS_THREADS``, default 1).
 
     uv run python bench/decode_cost.py --write
 """
@@ -62,6 +63,9 @@ def main() -> int:
     p.add_argument("--note", default="", help="text put before the table")
     p.add_argument("--write", action="store_true", help="update bench/RESULTS.md")
     args = p.parse_args()
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=1, user_api="blas")  # as the service does
     predictor = Predictor(load_bundle(resolve_bundle_path(args.model)))
     rows = [
         "| validation set | atoms | pairs | structures per call | device call per structure "
