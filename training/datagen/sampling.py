@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
-import tempfile
+import logging.config
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -45,24 +45,11 @@ __all__ = [
 ]
 
 INFO_KEY = "gears_h_sampling"
-_QUIET_LOG_INI = """[loggers]
-keys=root
-
-[handlers]
-keys=null
-
-[formatters]
-keys=
-
-[logger_root]
-level=WARNING
-handlers=null
-
-[handler_null]
-class=NullHandler
-args=()
-"""
 MAX_ATTEMPTS = 100
+
+
+def _no_file_config(*_args: Any, **_kwargs: Any) -> None:
+    """Stands in for `logging.config.fileConfig` while geomeTRIC runs."""
 
 
 def _too_close(atoms: Atoms, min_contact: float) -> bool:
@@ -401,20 +388,18 @@ def _relax_geometric(
         "convergence_drms": 1e-4,
         "convergence_dmax": 2e-4,
     }
-    root = logging.getLogger()
-    saved = (list(root.handlers), root.level)
+    # geomeTRIC calls logging.config.fileConfig on an ini file of its own, which closes
+    # every handler of the process (a CLI's or pytest's among them) and sends its banner and
+    # step log to stderr; it is skipped for the call, so geomeTRIC's INFO records reach the
+    # root logger's handlers and level like any library's
+    file_config = logging.config.fileConfig
+    logging.config.fileConfig = _no_file_config
     try:
-        with tempfile.TemporaryDirectory() as tmp:
-            # geomeTRIC configures the root logger from an ini file (its banner and step log
-            # go to stderr); ours drops them, and the root logger is restored afterwards
-            quiet = Path(tmp) / "log.ini"
-            quiet.write_text(_QUIET_LOG_INI)
-            mol = optimize(mf, maxsteps=steps, callback=count, logIni=str(quiet), **conv)
+        mol = optimize(mf, maxsteps=steps, callback=count, **conv)
     except RuntimeError as exc:  # not converged in maxsteps
         raise ValueError(f"relaxation (geomeTRIC): {str(exc).splitlines()[0]}") from None
     finally:
-        root.handlers[:] = saved[0]
-        root.setLevel(saved[1])
+        logging.config.fileConfig = file_config
     return np.asarray(mol.atom_coords(unit="Angstrom")), n_grad
 
 
