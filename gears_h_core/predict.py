@@ -713,10 +713,10 @@ def decode_blocks(
 
     Every canonical pair gives two rows: its block B, decoded once, for ``(i, j, n)`` and Bᵀ
     for its partner ``(j, i, −n)`` (so H_ji(−T) = H_ij(T)ᵀ holds bit for bit); one sort by
-    (species pair, i, j, n) puts all rows in their place. Blocks are decoded a slice of rows at a time straight into that
-    place, so the temporaries stay small next to the result. The arithmetic of a block
-    depends only on its own row of irreps (one matrix product per species pair and slice,
-    within this structure), never on other structures of a batch.
+    (species pair, i, j, n) puts all rows in their place. Blocks are decoded a slice of rows
+    at a time straight into that place, so the temporaries stay small next to the result.
+    The arithmetic of a block depends only on its own row of irreps (one matrix product per
+    species pair and slice, within this structure), never on other structures of a batch.
 
     Args:
         onsite: ``[n_atoms, onsite_dim]``; hopping: ``[n_pairs, hopping_dim]`` in the order of

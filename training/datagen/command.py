@@ -142,7 +142,8 @@ def register_datagen(sub: Any) -> None:
         const=1e-3,
         default=None,
         metavar="FMAX",
-        help="first relax the structure (BFGS on PySCF gradients, same xc/basis) until every "
+        help="first relax the structure (geomeTRIC, or ASE's BFGS without it, on PySCF "
+        "gradients, same xc/basis) until every "
         "force is below FMAX eV/Å (default 1e-3); writes it to OUTPUT's stem + .reference.xyz",
     )
     mod.set_defaults(func=_cmd_sample_modes)

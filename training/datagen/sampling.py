@@ -13,7 +13,8 @@ can be rebuilt exactly. `write_samples` stores the record in each frame's
 * `thermal_normal_modes`: displacements along the vibrational normal modes of a Hessian
   with the quantum-harmonic thermal distribution at a temperature drawn from a range (the
   recipe of the shipped butanol set, §4.3). `pyscf_hessian` computes the Hessian, at a
-  minimum found by `pyscf_relax` (BFGS on PySCF gradients) when the input is not one.
+  minimum found by `pyscf_relax` (geomeTRIC, or ASE's BFGS without it, on PySCF
+  gradients) when the input is not one.
 
 Geometries with two atoms closer than ``min_contact`` × the sum of their covalent radii
 are rejected and redrawn from the same random stream (the number of attempts is recorded).
