@@ -43,18 +43,34 @@ def fit_onsite_field(
 ) -> np.ndarray:
     """Least-squares coefficients ``[n_species², n_basis, n_onsite_slots]`` (float32) of the
     H field, or with ``overlap`` of the S field (examples without S are skipped)."""
+    key = "s" if overlap else "h"
+    return fit_onsite_fields(examples, layout, stats, config, targets=(key,))[key]
+
+
+def fit_onsite_fields(
+    examples: Sequence[TrainingExample],
+    layout: OutputLayout,
+    stats: Statistics,
+    config: ModelConfig,
+    *,
+    targets: Sequence[str] = ("h", "s"),
+) -> dict[str, np.ndarray]:
+    """The H field (``"h"``) and/or the S field (``"s"``) in one pass over the examples.
+
+    The features of an atom do not depend on the target, so they are built once per example
+    and fill the normal equations of every target that example has (S may be missing).
+    """
     tc = TwoCentreLayout.create(layout.onsite_irreps)
     n_sp, n_basis = layout.n_species, config.onsite_field_basis
     ells = np.unique(tc.slot_l[tc.slot_natural])
     n_feat = n_sp * n_basis
-    gram = np.zeros((n_sp, len(ells), n_feat, n_feat))
-    rhs = np.zeros((n_sp, n_feat, tc.n_slots))
-    if overlap:
-        shift = np.asarray(stats.overlap_onsite, np.float64)
-        scale = np.ones_like(shift)
-    else:
-        shift = np.asarray(stats.onsite_shift, np.float64)
-        scale = np.asarray(stats.onsite_scale, np.float64)
+    gram = {t: np.zeros((n_sp, len(ells), n_feat, n_feat)) for t in targets}
+    rhs = {t: np.zeros((n_sp, n_feat, tc.n_slots)) for t in targets}
+    shift = {
+        "h": np.asarray(stats.onsite_shift, np.float64),
+        "s": np.asarray(stats.overlap_onsite, np.float64),
+    }
+    scale = {"h": np.asarray(stats.onsite_scale, np.float64), "s": np.ones_like(shift["s"])}
     # components of every slot, [n_slots, 2l + 1] per degree
     slot_components = {
         ell: np.stack(
@@ -66,13 +82,16 @@ def fit_onsite_field(
     geometry = geometry_rows(tc, n_basis)
     for ex in examples:
         g = ex.graph
-        target = ex.onsite_s if overlap else ex.onsite_h
-        if g.n_edges == 0 or target is None:
+        present = {"h": ex.onsite_h, "s": ex.onsite_s}
+        wanted = [t for t in targets if present[t] is not None]
+        if g.n_edges == 0 or not wanted:
             continue
         species = layout.species_table[g.structure.numbers]
         basis, harmonics = geometry(g.edge_vec, config.edge_cutoff)
-        s = scale[species]
-        y = np.where(s > 0, (target - shift[species]) / np.where(s > 0, s, 1.0), 0.0)
+        y = {}
+        for t in wanted:
+            s = scale[t][species]
+            y[t] = np.where(s > 0, (present[t] - shift[t][species]) / np.where(s > 0, s, 1.0), 0.0)
         # feature rows (b, n) of every edge: the neighbour species picks the block of n
         spread = np.zeros((g.n_edges, n_sp, n_basis))
         spread[np.arange(g.n_edges), species[g.edge_j]] = basis
@@ -85,9 +104,17 @@ def fit_onsite_field(
             slots = np.flatnonzero(tc.slot_l == ell)
             for a in np.unique(species):
                 f = feats[species == a]
-                gram[a, li] += np.einsum("ipm,iqm->pq", f, f)
-                rhs[a][:, slots] += np.einsum("ipm,ism->ps", f, y[species == a][:, comps])
+                ff = np.einsum("ipm,iqm->pq", f, f)
+                for t in wanted:
+                    gram[t][a, li] += ff
+                    rhs[t][a][:, slots] += np.einsum("ipm,ism->ps", f, y[t][species == a][:, comps])
+    return {t: _solve(gram[t], rhs[t], tc, ells, n_basis) for t in targets}
 
+
+def _solve(
+    gram: np.ndarray, rhs: np.ndarray, tc: TwoCentreLayout, ells: np.ndarray, n_basis: int
+) -> np.ndarray:
+    n_sp, n_feat = gram.shape[0], gram.shape[-1]
     out = np.zeros((n_sp, n_sp, n_basis, tc.n_slots))
     eye = np.eye(n_feat)
     for a in range(n_sp):

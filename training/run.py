@@ -36,7 +36,7 @@ from training.data.snapshot import LabeledStructure, read_dataset
 from training.data.targets import TrainingExample, make_example
 from training.evaluate import ErrorAccumulator
 from training.loss import LossWeights
-from training.onsite_field_fit import fit_onsite_field
+from training.onsite_field_fit import fit_onsite_fields
 from training.state import TrainState
 from training.steps import make_train_step
 from training.two_centre_fit import (
@@ -240,11 +240,16 @@ def init_state(
         if cfg.two_centre_basis > 0:
             fitted.update(fit_two_centre(run.train, run.layout, stats, cfg))
         if cfg.onsite_field_basis > 0:
-            fitted[ONSITE_FIELD_TERM] = fit_onsite_field(run.train, run.layout, stats, cfg)
+            fields = fit_onsite_fields(
+                run.train,
+                run.layout,
+                stats,
+                cfg,
+                targets=("h", "s") if cfg.has_onsite_s_field else ("h",),
+            )
+            fitted[ONSITE_FIELD_TERM] = fields["h"]
             if cfg.has_onsite_s_field:
-                fitted[ONSITE_S_FIELD_TERM] = fit_onsite_field(
-                    run.train, run.layout, stats, cfg, overlap=True
-                )
+                fitted[ONSITE_S_FIELD_TERM] = fields["s"]
         params = with_two_centre(params, fitted)
         fit_s = time.monotonic() - t
     return TrainState.create(params, tx), fit_s

@@ -28,7 +28,7 @@ from gears_h_core.testing import (
 )
 from training.analysis import analyze
 from training.data.targets import TrainingExample, make_example
-from training.onsite_field_fit import fit_onsite_field
+from training.onsite_field_fit import fit_onsite_field, fit_onsite_fields
 from training.two_centre_fit import ONSITE_FIELD_TERM, ONSITE_S_FIELD_TERM, frozen_labels
 
 B, N = 5, 7
@@ -140,6 +140,31 @@ def test_fit_on_dft_data_explains_the_onsite_blocks(shared_data, hbn, overlap: b
 
     with_field, means_only = mae(fitted), mae(np.zeros_like(fitted))
     assert with_field < (1 / 30 if overlap else 0.1) * means_only, (with_field, means_only)
+
+
+def test_one_pass_fits_both_fields_like_two(shared_data) -> None:
+    """`fit_onsite_fields` builds each atom's features once for H and S. Its H and S
+    coefficients equal those of two single-target fits, also when a snapshot has no S (the S
+    normal equations then leave it out, the H ones keep it): mixing the targets' sums or
+    dropping the snapshot from H would change them."""
+    from training.data.snapshot import read_dataset
+
+    train = read_dataset(shared_data / "hbn_pbe_dzp" / "train", limit=3)
+    analysis = analyze(train, edge_cutoff=5.0)
+    stats = analysis.statistics
+    assert stats is not None
+    layout = OutputLayout.create(analysis.basis, analysis.species)
+    config = tiny_model_config(edge_cutoff=5.0, onsite_field_basis=8)
+    examples = [make_example(s, layout, 5.0, analysis.pair_cutoff) for s in train]
+    examples[1] = dataclasses.replace(examples[1], onsite_s=None, hopping_s=None)
+    both = fit_onsite_fields(examples, layout, stats, config)
+    h_alone = fit_onsite_field(examples, layout, stats, config)
+    s_alone = fit_onsite_field(examples, layout, stats, config, overlap=True)
+    np.testing.assert_allclose(both["h"], h_alone, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(both["s"], s_alone, rtol=1e-6, atol=1e-9)
+    s_without = fit_onsite_field([examples[0], examples[2]], layout, stats, config, overlap=True)
+    np.testing.assert_allclose(both["s"], s_without, rtol=1e-6, atol=1e-9)
+    assert np.abs(both["h"] - fit_onsite_field(examples[::2], layout, stats, config)).max() > 1e-4
 
 
 def test_crystal_field_coefficients_stay_frozen() -> None:
