@@ -30,8 +30,11 @@ def report(run_dir: Path, title: str, levels: list[float]) -> str:
     lines = [f"### {title}", ""]
     lines.append(f"run directory `{run_dir}`; {len(rows)} epochs, last step {rows[-1]['step']}.")
     lines.append("")
-    lines.append("| wall (min) | epoch | val H MAE (meV) | on-site | hopping | val S MAE |")
-    lines.append("|---:|---:|---:|---:|---:|---:|")
+    # runs with the eigenbasis loss also validate eigenvalues (window of `gears_h evaluate`)
+    eig = any("val_eig_mae_meV" in r for r in val)
+    head = "| wall (min) | epoch | val H MAE (meV) | on-site | hopping | val S MAE |"
+    lines.append(head + (" val eigenvalue MAE (meV) |" if eig else ""))
+    lines.append("|---:|---:|---:|---:|---:|---:|" + ("---:|" if eig else ""))
     # a readable curve: about 12 rows spread over the run, always the last one
     pick = val[:: max(1, len(val) // 12)]
     if val and pick[-1] is not val[-1]:
@@ -41,6 +44,7 @@ def report(run_dir: Path, title: str, levels: list[float]) -> str:
             f"| {r['wall_s'] / 60:.1f} | {r['epoch']} | {r['val_mae_meV']:.2f} | "
             f"{r['val_onsite_mae_meV']:.2f} | {r['val_hopping_mae_meV']:.2f} | "
             f"{r.get('val_s_mae', float('nan')):.2e} |"
+            + (f" {r.get('val_eig_mae_meV', float('nan')):.1f} |" if eig else "")
         )
     best = min(val, key=lambda r: r["val_mae_meV"]) if val else None
     steady = rows[1:] or rows

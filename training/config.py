@@ -68,6 +68,19 @@ class LossConfig(_Strict):
         description="absolute: the weights multiply mean absolute errors (eV for H), the "
         "reported metric's weighting; squared: mean squared errors (eV²)",
     )
+    eigen_h: float = Field(
+        default=0.0,
+        ge=0,
+        description="weight of the H error in the reference eigenbasis at Γ, Cᵀ (H_pred − H) C "
+        "(mean |E| in eV, or E² with the squared error): what moves eigenvalues, where the "
+        "basis is almost linearly dependent (training.eigen_basis); 0: off",
+    )
+    eigen_max_orbitals: int = Field(
+        default=1024,
+        ge=1,
+        description="structures with more orbitals are left out of the eigenbasis term (it "
+        "needs their dense Γ matrices)",
+    )
 
 
 class TrainingConfig(_Strict):

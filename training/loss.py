@@ -30,6 +30,8 @@ class LossWeights:
     onsite_s: float = 0.0
     hopping_s: float = 100.0
     error: Literal["squared", "absolute"] = "absolute"
+    eigen_h: float = 0.0  # the eigenbasis H error (`training.eigen_basis`)
+    eigen_max_orbitals: int = 1024
 
 
 def loss_sums(

@@ -28,13 +28,15 @@ from gears_h_core.io.atomic_file import write_bytes_atomic
 from gears_h_core.model.hamiltonian import HamiltonianModel, ModelConstants
 from gears_h_core.model.layout import OutputLayout
 from gears_h_core.predict import decode_blocks
+from gears_h_core.types import SparseHamiltonian
 from training.analysis import Analysis, analyze
 from training.checkpoints import RunCheckpoints
 from training.config import AdamWConfig, Config
 from training.data.batching import make_batch, make_sharded_batch
 from training.data.snapshot import LabeledStructure, read_dataset
 from training.data.targets import TrainingExample, make_example
-from training.evaluate import ErrorAccumulator
+from training.eigen_basis import EigenTables, reference_eigenvectors
+from training.evaluate import ErrorAccumulator, eigenvalue_errors
 from training.loss import LossWeights
 from training.onsite_field_fit import fit_onsite_fields
 from training.state import TrainState
@@ -120,6 +122,10 @@ class RunSetup:
     train: list[TrainingExample]
     valid: list[tuple[TrainingExample, LabeledStructure]]
     fingerprint: str
+    # the eigenbasis loss term (`training.eigen_basis`): its tables and the padded size of
+    # the eigenvectors, or None and 0 when loss.eigen_h is 0
+    eigen: EigenTables | None = None
+    eigen_size: int = 0
 
 
 def setup(config: Config) -> RunSetup:
@@ -149,14 +155,41 @@ def setup(config: Config) -> RunSetup:
         model_cfg, layout.n_species, layout.onsite_irreps, layout.hopping_irreps
     )
 
+    use_eigen = config.loss.eigen_h > 0
+
     def example(s: LabeledStructure) -> TrainingExample:
-        return make_example(s, layout, model_cfg.edge_cutoff, analysis.pair_cutoff)
+        ex = make_example(s, layout, model_cfg.edge_cutoff, analysis.pair_cutoff)
+        if use_eigen:
+            try:
+                vectors = reference_eigenvectors(s, config.loss.eigen_max_orbitals)
+            except ValueError as exc:
+                raise RunError(str(exc)) from exc
+            ex = replace(ex, eigvecs=vectors)
+        return ex
 
     train = [example(s) for s in train_structs]
     valid = [(example(s), s) for s in valid_structs]
     ladder = make_ladder(train + [v[0] for v in valid], config.training.batch_size)
     fp = hashlib.sha256("".join(sorted(s.fingerprint for s in train_structs)).encode()).hexdigest()
-    return RunSetup(config, analysis, layout, model, constants, ladder, train, valid, fp)
+    sizes = [e.eigvecs.shape[0] for e in train if e.eigvecs is not None]
+    if use_eigen and not sizes:
+        raise RunError(
+            f"loss.eigen_h: no training structure has S and at most "
+            f"{config.loss.eigen_max_orbitals} orbitals (loss.eigen_max_orbitals)"
+        )
+    return RunSetup(
+        config,
+        analysis,
+        layout,
+        model,
+        constants,
+        ladder,
+        train,
+        valid,
+        fp,
+        EigenTables.create(layout) if use_eigen else None,
+        max(sizes, default=0),
+    )
 
 
 RUN_INFO = "run_info.json"
@@ -259,6 +292,8 @@ def validate(run: RunSetup, params: Any, apply: Callable[..., Any]) -> dict[str,
     if not run.valid:
         return None
     acc_h, acc_s = ErrorAccumulator(), ErrorAccumulator()
+    eig_errors: list[np.ndarray] = []
+    eig_failed = 0
     for ex, labeled in run.valid:
         bucket = run.ladder.select_for([ex.graph])
         batch, layout = pad_graphs([ex.graph], bucket)
@@ -277,6 +312,12 @@ def validate(run: RunSetup, params: Any, apply: Callable[..., Any]) -> dict[str,
                 np.asarray(out.hopping_s)[pairs],
             )
             acc_s.add(pred_s, ref.S, ex.graph.n_atoms)
+            if run.eigen is not None:  # what the eigenbasis term is for, measured
+                pred = SparseHamiltonian(ref.structure, ref.basis, pred_h, pred_s)
+                try:
+                    eig_errors.append(eigenvalue_errors(pred, labeled))
+                except np.linalg.LinAlgError:  # predicted S(k) not positive definite
+                    eig_failed += 1
     h = acc_h.summary(1000.0)
     result = {
         "val_mae_meV": h["mae"],
@@ -285,6 +326,13 @@ def validate(run: RunSetup, params: Any, apply: Callable[..., Any]) -> dict[str,
     }
     if acc_s.n_onsite + acc_s.n_hopping:
         result["val_s_mae"] = acc_s.summary()["mae"]
+    if run.eigen is not None:
+        # eigenvalues of the predicted H and S within the window of `gears_h evaluate`;
+        # snapshots whose predicted S is not positive definite are counted, not averaged
+        eig = np.concatenate(eig_errors) if eig_errors else np.zeros(0)
+        if eig.size:
+            result["val_eig_mae_meV"] = 1000.0 * float(eig.mean())
+        result["val_eig_failed"] = eig_failed
     return result
 
 
@@ -350,7 +398,7 @@ def train(config: Config, *, resume: bool = False, log: Logger | None = None) ->
     parallel = DataParallel.create(tcfg.batch_size)
     state = parallel.replicate(state)
     constants = parallel.replicate(run.constants)
-    step_fn = make_train_step(run.model, tx, weights, tcfg.ema_decay)
+    step_fn = make_train_step(run.model, tx, weights, tcfg.ema_decay, run.eigen)
     apply = jax.jit(run.model.apply)
     t_start = time.monotonic() - wall_before
     last_metrics: dict[str, Any] = {}
@@ -361,7 +409,9 @@ def train(config: Config, *, resume: bool = False, log: Logger | None = None) ->
         sums: dict[str, float] = {}
         for b in range(steps_per_epoch):
             chunk = [run.train[k] for k in order[b * tcfg.batch_size : (b + 1) * tcfg.batch_size]]
-            batch, targets = make_sharded_batch(chunk, parallel.n_shards, run.ladder, run.layout)
+            batch, targets = make_sharded_batch(
+                chunk, parallel.n_shards, run.ladder, run.layout, run.eigen_size
+            )
             state, m = step_fn(state, parallel.shard(batch), parallel.shard(targets), constants)
             for k, v in jax.device_get(m).items():
                 sums[k] = sums.get(k, 0.0) + float(v)

@@ -21,6 +21,7 @@ import optax
 from gears_h_core.graph.padding import GraphBatch
 from gears_h_core.model.hamiltonian import HamiltonianModel, ModelConstants
 from training.data.batching import TargetBatch
+from training.eigen_basis import EigenTables, eigen_sums
 from training.loss import LossWeights, loss_sums, mean_terms, total_loss
 from training.state import TrainState
 
@@ -30,13 +31,18 @@ Metrics = dict[str, jax.Array]
 def _sharded_loss(
     model: HamiltonianModel,
     weights: LossWeights,
+    eigen: EigenTables | None,
     params: Any,
     batch: GraphBatch,
     targets: TargetBatch,
     constants: ModelConstants,
 ) -> tuple[jax.Array, Metrics]:
     def one(b: GraphBatch, t: TargetBatch) -> dict[str, tuple[jax.Array, jax.Array]]:
-        return loss_sums(model.apply(params, b, constants), t, weights.error)
+        out = model.apply(params, b, constants)
+        sums = loss_sums(out, t, weights.error)
+        if eigen is not None:
+            sums["eigen_h"] = eigen_sums(out, b, t, eigen, weights.error)
+        return sums
 
     metrics = mean_terms(jax.vmap(one)(batch, targets))
     loss = total_loss(metrics, weights)
@@ -49,14 +55,16 @@ def make_train_step(
     tx: optax.GradientTransformation,
     weights: LossWeights,
     ema_decay: float,
+    eigen: EigenTables | None = None,
 ) -> Callable[[TrainState, GraphBatch, TargetBatch, ModelConstants], tuple[TrainState, Metrics]]:
-    """A jitted ``(state, batch, targets, constants) -> (state, metrics)``; donates the state."""
+    """A jitted ``(state, batch, targets, constants) -> (state, metrics)``; donates the state.
+    With ``eigen`` (and targets that carry eigenvectors) the loss has the eigenbasis term."""
 
     @partial(jax.jit, donate_argnums=0)
     def train_step(
         state: TrainState, batch: GraphBatch, targets: TargetBatch, constants: ModelConstants
     ) -> tuple[TrainState, Metrics]:
-        grad_fn = jax.value_and_grad(partial(_sharded_loss, model, weights), has_aux=True)
+        grad_fn = jax.value_and_grad(partial(_sharded_loss, model, weights, eigen), has_aux=True)
         (_, metrics), grads = grad_fn(state.params, batch, targets, constants)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
@@ -70,12 +78,12 @@ def make_train_step(
 
 
 def make_eval_step(
-    model: HamiltonianModel, weights: LossWeights
+    model: HamiltonianModel, weights: LossWeights, eigen: EigenTables | None = None
 ) -> Callable[[Any, GraphBatch, TargetBatch, ModelConstants], Metrics]:
     @jax.jit
     def eval_step(
         params: Any, batch: GraphBatch, targets: TargetBatch, constants: ModelConstants
     ) -> Metrics:
-        return _sharded_loss(model, weights, params, batch, targets, constants)[1]
+        return _sharded_loss(model, weights, eigen, params, batch, targets, constants)[1]
 
     return eval_step

@@ -265,3 +265,28 @@ class OutputLayout:
         """``[n, hopping_irreps.dim]`` -> ``[n, n_orb_i, n_orb_j]`` float32 blocks (of the
         rows ``rows`` of ``x`` only, when given)."""
         return self._decode((int(z_i), int(z_j)), x, rows)
+
+    def padded_decoders(self) -> tuple[np.ndarray, np.ndarray, int]:
+        """Dense block decoders for device code: ``(onsite [n_species, onsite_dim, n·n],
+        hopping [n_species**2, hopping_dim, n·n], n)`` float32, with ``n`` the largest orbital
+        count of any species. ``x @ onsite[s]`` is the on-site block of a species-``s`` atom
+        (symmetrised, as `decode_onsite`), ``x @ hopping[k]`` the block of a kind-``k`` pair,
+        both zero-padded to ``n × n`` (rows and columns beyond the species' orbitals are 0)."""
+        n = max(self.basis.n_orb(z) for z in self.species)
+
+        def padded(key: tuple[int, int], dim: int) -> np.ndarray:
+            index, ut, n_i, n_j = self._decoders[key]
+            out = np.zeros((dim, n, n), np.float32)
+            out[index, :n_i, :n_j] = ut.reshape(-1, n_i, n_j)
+            return out
+
+        onsite = np.stack([padded((-z, -z), self.onsite_irreps.dim) for z in self.species])
+        onsite = 0.5 * (onsite + np.swapaxes(onsite, 2, 3))
+        hopping = np.stack(
+            [padded((a, b), self.hopping_irreps.dim) for a in self.species for b in self.species]
+        )
+        return (
+            onsite.reshape(len(self.species), -1, n * n),
+            hopping.reshape(self.n_species_pairs, -1, n * n),
+            n,
+        )

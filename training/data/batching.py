@@ -13,6 +13,7 @@ from flax import struct
 from gears_h_core.graph.padding import Bucket, BucketLadder, GraphBatch, pad_graphs
 from gears_h_core.model.layout import OutputLayout
 from training.data.targets import TrainingExample
+from training.eigen_basis import orbital_offsets
 
 
 @struct.dataclass
@@ -25,6 +26,11 @@ class TargetBatch:
         onsite_weight: float32 ``[n_nodes, onsite_dim]``: 1 on used channels of real atoms.
         hopping_weight: float32 ``[n_pairs, hopping_dim]``: 1 on used channels of real pairs.
         has_s: float32 ``[n_nodes]`` / ``[n_pairs]`` masks of structures that carry S.
+        eig_vectors: float32 ``[n_graphs, N, N]`` reference eigenvectors at Γ of every graph
+            (zero-padded; zero for graphs without), ``N`` = ``eigen_size`` (0: no eigenbasis
+            loss; `training.eigen_basis`).
+        orbital_offset: int32 ``[n_nodes]`` first row of every atom in its structure's matrix.
+        eig_count: float32 ``[n_graphs]`` entries of E per graph (N_g², 0 without vectors).
     """
 
     onsite_h: Any
@@ -35,6 +41,9 @@ class TargetBatch:
     hopping_weight: Any
     node_has_s: Any
     pair_has_s: Any
+    eig_vectors: Any
+    orbital_offset: Any
+    eig_count: Any
 
 
 def _stack(parts: list[np.ndarray], size: int, dim: int) -> np.ndarray:
@@ -46,9 +55,13 @@ def _stack(parts: list[np.ndarray], size: int, dim: int) -> np.ndarray:
 
 
 def make_batch(
-    examples: Sequence[TrainingExample], bucket: Bucket, layout: OutputLayout
+    examples: Sequence[TrainingExample],
+    bucket: Bucket,
+    layout: OutputLayout,
+    eigen_size: int = 0,
 ) -> tuple[GraphBatch, TargetBatch]:
-    """Pad ``examples`` into one batch (host numpy arrays)."""
+    """Pad ``examples`` into one batch (host numpy arrays); with ``eigen_size`` > 0 their
+    eigenvectors zero-padded to that size."""
     graphs = [e.graph for e in examples]
     batch, _ = pad_graphs(graphs, bucket)
     d_on, d_hop = layout.onsite_irreps.dim, layout.hopping_irreps.dim
@@ -64,8 +77,21 @@ def make_batch(
     hopping_weight = layout.hopping_mask[kind] & np.asarray(batch.pair_mask)[:, None]
     node_has_s = np.zeros(n_nodes, np.float32)
     pair_has_s = np.zeros(n_pairs, np.float32)
+    eig_vectors = np.zeros((bucket.n_graphs, eigen_size, eigen_size), np.float32)
+    eig_count = np.zeros(bucket.n_graphs, np.float32)
+    orbital_offset = np.zeros(n_nodes, np.int32)
     node_off = pair_off = 0
-    for e in examples:
+    for g, e in enumerate(examples):
+        if eigen_size:
+            orbital_offset[node_off : node_off + e.graph.n_atoms] = orbital_offsets(
+                layout, e.graph.structure.numbers
+            )
+            if e.eigvecs is not None:
+                size = e.eigvecs.shape[0]
+                if size > eigen_size:
+                    raise ValueError(f"{e.name}: {size} orbitals, more than {eigen_size}")
+                eig_vectors[g, :size, :size] = e.eigvecs
+                eig_count[g] = size * size
         if e.onsite_s is not None:
             node_has_s[node_off : node_off + e.graph.n_atoms] = 1.0
             pair_has_s[pair_off : pair_off + e.graph.n_pairs] = 1.0
@@ -80,12 +106,19 @@ def make_batch(
         hopping_weight=hopping_weight.astype(np.float32),
         node_has_s=node_has_s,
         pair_has_s=pair_has_s,
+        eig_vectors=eig_vectors,
+        orbital_offset=orbital_offset,
+        eig_count=eig_count,
     )
     return batch, targets
 
 
 def make_sharded_batch(
-    examples: Sequence[TrainingExample], n_shards: int, ladder: BucketLadder, layout: OutputLayout
+    examples: Sequence[TrainingExample],
+    n_shards: int,
+    ladder: BucketLadder,
+    layout: OutputLayout,
+    eigen_size: int = 0,
 ) -> tuple[GraphBatch, TargetBatch]:
     """Split ``examples`` into ``n_shards`` consecutive shards, padded to one common bucket
     (the one the largest shard needs) and stacked: every leaf gets a leading shard axis."""
@@ -102,5 +135,5 @@ def make_sharded_batch(
         ]
     ).max(axis=0)
     bucket = ladder.select(*(int(c) for c in counts))
-    parts = [make_batch(shard, bucket, layout) for shard in shards]
+    parts = [make_batch(shard, bucket, layout, eigen_size) for shard in shards]
     return jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *parts)

@@ -29,6 +29,8 @@ class TrainingExample:
         onsite_h, onsite_s: float32 ``[n_atoms, onsite_dim]`` (S may be None).
         hopping_h, hopping_s: float32 ``[n_pairs, hopping_dim]`` (S may be None).
         n_rows_outside: stored rows beyond the model's hopping cutoffs (not learnt).
+        eigvecs: float32 ``[N, N]`` reference eigenvectors at Γ for the eigenbasis loss
+            (`training.eigen_basis`), or None.
     """
 
     name: str
@@ -38,6 +40,7 @@ class TrainingExample:
     onsite_s: np.ndarray | None
     hopping_s: np.ndarray | None
     n_rows_outside: int
+    eigvecs: np.ndarray | None = None
 
 
 def _onsite_targets(bm: BlockMatrix, layout: OutputLayout, n_atoms: int) -> np.ndarray:
