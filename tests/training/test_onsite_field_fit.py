@@ -94,22 +94,29 @@ def test_fit_recovers_the_models_crystal_field(overlap: bool) -> None:
         assert np.abs(got - target).max() < 3e-3 * field
 
 
-@pytest.mark.parametrize("overlap", [False, True], ids=["H", "S"])
-def test_fit_on_dft_data_explains_the_onsite_blocks(shared_data, hbn, overlap: bool) -> None:
-    """Fitted on 3 h-BN training snapshots, the crystal field alone predicts a held-out
-    snapshot's on-site irreps more than 10x better than the per-species means (H: measured
-    564 -> 11 meV on the 3 validation snapshots when fitted on all 16). For S (the PAW
-    projector terms of the neighbours, a sum of two-centre functions) more than 30x."""
+@pytest.fixture(scope="module")
+def hbn_fit_setup(shared_data):
+    """Analysis, layout, config and examples of 3 h-BN training snapshots: the tiny network
+    (the fits do not depend on the widths) with the real cutoff and basis."""
     from training.data.snapshot import read_dataset
 
     train = read_dataset(shared_data / "hbn_pbe_dzp" / "train", limit=3)
     analysis = analyze(train, edge_cutoff=5.0)
-    stats = analysis.statistics
-    assert stats is not None
+    assert analysis.statistics is not None
     layout = OutputLayout.create(analysis.basis, analysis.species)
-    # the tiny network (the fit does not depend on the widths) with the real cutoff and basis
     config = tiny_model_config(edge_cutoff=5.0, onsite_field_basis=8)
-    examples = [make_example(s, layout, 5.0, analysis.pair_cutoff) for s in train]
+    examples = tuple(make_example(s, layout, 5.0, analysis.pair_cutoff) for s in train)
+    return analysis, layout, config, examples
+
+
+@pytest.mark.parametrize("overlap", [False, True], ids=["H", "S"])
+def test_fit_on_dft_data_explains_the_onsite_blocks(hbn_fit_setup, hbn, overlap: bool) -> None:
+    """Fitted on 3 h-BN training snapshots, the crystal field alone predicts a held-out
+    snapshot's on-site irreps more than 10x better than the per-species means (H: measured
+    564 -> 11 meV on the 3 validation snapshots when fitted on all 16). For S (the PAW
+    projector terms of the neighbours, a sum of two-centre functions) more than 30x."""
+    analysis, layout, config, examples = hbn_fit_setup
+    stats = analysis.statistics
     fitted = fit_onsite_field(examples, layout, stats, config, overlap=overlap)
     held_out = make_example(hbn, layout, 5.0, analysis.pair_cutoff)
     target = held_out.onsite_s if overlap else held_out.onsite_h
@@ -142,20 +149,14 @@ def test_fit_on_dft_data_explains_the_onsite_blocks(shared_data, hbn, overlap: b
     assert with_field < (1 / 30 if overlap else 0.1) * means_only, (with_field, means_only)
 
 
-def test_one_pass_fits_both_fields_like_two(shared_data) -> None:
+def test_one_pass_fits_both_fields_like_two(hbn_fit_setup) -> None:
     """`fit_onsite_fields` builds each atom's features once for H and S. Its H and S
     coefficients equal those of two single-target fits, also when a snapshot has no S (the S
     normal equations then leave it out, the H ones keep it): mixing the targets' sums or
     dropping the snapshot from H would change them."""
-    from training.data.snapshot import read_dataset
-
-    train = read_dataset(shared_data / "hbn_pbe_dzp" / "train", limit=3)
-    analysis = analyze(train, edge_cutoff=5.0)
+    analysis, layout, config, examples = hbn_fit_setup
     stats = analysis.statistics
-    assert stats is not None
-    layout = OutputLayout.create(analysis.basis, analysis.species)
-    config = tiny_model_config(edge_cutoff=5.0, onsite_field_basis=8)
-    examples = [make_example(s, layout, 5.0, analysis.pair_cutoff) for s in train]
+    examples = list(examples)
     examples[1] = dataclasses.replace(examples[1], onsite_s=None, hopping_s=None)
     both = fit_onsite_fields(examples, layout, stats, config)
     h_alone = fit_onsite_field(examples, layout, stats, config)

@@ -41,9 +41,10 @@ class TargetBatch:
     hopping_weight: Any
     node_has_s: Any
     pair_has_s: Any
-    eig_vectors: Any
-    orbital_offset: Any
-    eig_count: Any
+    # None in batches made by hand (tests) that have no eigenbasis term
+    eig_vectors: Any = None
+    orbital_offset: Any = None
+    eig_count: Any = None
 
 
 def _stack(parts: list[np.ndarray], size: int, dim: int) -> np.ndarray:
