@@ -35,6 +35,7 @@ from gears_h_core.assemble.sparse import gamma_fold
 from gears_h_core.graph.padding import GraphBatch
 from gears_h_core.model.hamiltonian import HamiltonianIrreps
 from gears_h_core.model.layout import OutputLayout
+from training.data.batching import TargetBatch
 from training.data.snapshot import LabeledStructure
 
 
@@ -45,7 +46,7 @@ def reference_eigenvectors(labeled: LabeledStructure, max_orbitals: int) -> np.n
     if sh.S is None:
         return None
     numbers = sh.structure.numbers
-    n = int(sum(sh.basis.n_orb(int(z)) for z in numbers))
+    n = int(sh.basis.orbital_offsets(numbers)[-1])
     if n > max_orbitals:
         return None
     h = gamma_fold(sh.H, sh.basis, numbers).toarray()
@@ -55,13 +56,6 @@ def reference_eigenvectors(labeled: LabeledStructure, max_orbitals: int) -> np.n
     except np.linalg.LinAlgError as exc:
         raise ValueError(f"{labeled.path}: stored S at Γ is not positive definite") from exc
     return c.astype(np.float32)
-
-
-def orbital_offsets(layout: OutputLayout, numbers: np.ndarray) -> np.ndarray:
-    """First row of every atom in its structure's matrix (int32 ``[n_atoms]``), the order of
-    `gamma_fold`."""
-    counts = np.array([layout.basis.n_orb(int(z)) for z in numbers], np.int32)
-    return (np.cumsum(counts) - counts).astype(np.int32)
 
 
 @dataclass(frozen=True)
@@ -91,12 +85,11 @@ def _blocks(x: jax.Array, kind: jax.Array, decoders: np.ndarray, n: int) -> jax.
 def eigenbasis_error(
     out: HamiltonianIrreps,
     batch: GraphBatch,
-    targets: object,
+    targets: TargetBatch,
     tables: EigenTables,
 ) -> jax.Array:
     """E = Cᵀ δH C of every graph of the batch, float32 ``[n_graphs, N, N]`` (zero for graphs
-    without eigenvectors). ``targets`` is a `TargetBatch` with ``eig_vectors`` and
-    ``orbital_offset``."""
+    without eigenvectors); ``targets`` made with ``eigen_size`` > 0."""
     t = targets
     c = t.eig_vectors  # [G, N, N]
     g_count, size = c.shape[0], c.shape[1]
@@ -128,9 +121,13 @@ def eigenbasis_error(
 
 
 def eigen_sums(
-    out: HamiltonianIrreps, batch: GraphBatch, targets: object, tables: EigenTables, error: str
+    out: HamiltonianIrreps,
+    batch: GraphBatch,
+    targets: TargetBatch,
+    tables: EigenTables,
+    error: str,
 ) -> tuple[jax.Array, jax.Array]:
     """(sum of |E| or E², number of entries) over the graphs that carry eigenvectors."""
     e = eigenbasis_error(out, batch, targets, tables)
     err = jnp.abs(e) if error == "absolute" else e**2
-    return jnp.sum(err), jnp.sum(targets.eig_count)  # type: ignore[attr-defined]
+    return jnp.sum(err), jnp.sum(targets.eig_count)

@@ -13,7 +13,6 @@ from flax import struct
 from gears_h_core.graph.padding import Bucket, BucketLadder, GraphBatch, pad_graphs
 from gears_h_core.model.layout import OutputLayout
 from training.data.targets import TrainingExample
-from training.eigen_basis import orbital_offsets
 
 
 @struct.dataclass
@@ -84,9 +83,10 @@ def make_batch(
     node_off = pair_off = 0
     for g, e in enumerate(examples):
         if eigen_size:
-            orbital_offset[node_off : node_off + e.graph.n_atoms] = orbital_offsets(
-                layout, e.graph.structure.numbers
-            )
+            # the atom order of `gamma_fold`, which the reference eigenvectors were made in
+            orbital_offset[node_off : node_off + e.graph.n_atoms] = layout.basis.orbital_offsets(
+                e.graph.structure.numbers
+            )[:-1]
             if e.eigvecs is not None:
                 size = e.eigvecs.shape[0]
                 if size > eigen_size:
