@@ -157,9 +157,9 @@ def setup(config: Config) -> RunSetup:
 
     use_eigen = config.loss.eigen_h > 0
 
-    def example(s: LabeledStructure) -> TrainingExample:
+    def example(s: LabeledStructure, *, eigen: bool = False) -> TrainingExample:
         ex = make_example(s, layout, model_cfg.edge_cutoff, analysis.pair_cutoff)
-        if use_eigen:
+        if eigen:
             try:
                 vectors = reference_eigenvectors(s, config.loss.eigen_max_orbitals)
             except ValueError as exc:
@@ -167,7 +167,8 @@ def setup(config: Config) -> RunSetup:
             ex = replace(ex, eigvecs=vectors)
         return ex
 
-    train = [example(s) for s in train_structs]
+    # only training batches carry eigenvectors; validation measures eigenvalues directly
+    train = [example(s, eigen=use_eigen) for s in train_structs]
     valid = [(example(s), s) for s in valid_structs]
     ladder = make_ladder(train + [v[0] for v in valid], config.training.batch_size)
     fp = hashlib.sha256("".join(sorted(s.fingerprint for s in train_structs)).encode()).hexdigest()
