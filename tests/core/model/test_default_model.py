@@ -1,8 +1,9 @@
 """The committed default bundle (gears_h_core/models/default) on the shipped data.
 
 Conditioning, equivariance on every species pair of the shipped data and exact hermiticity of
-the trained network (random-parameter networks are covered in test_model_properties.py), and
-the accuracy recorded in bench/RESULTS.md as a regression guard.
+the trained network (random-parameter networks are covered in test_model_properties.py), a
+positive definite predicted S(k), and the accuracy recorded in bench/RESULTS.md as a
+regression guard.
 """
 
 from __future__ import annotations
