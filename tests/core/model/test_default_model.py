@@ -131,6 +131,12 @@ RECORDED_S_MAE = {"hbn": 1.301e-05, "butanol": 9.213e-06}
 def test_accuracy_on_the_shipped_validation_split_is_as_recorded(
     predictor: Predictor, shared_data: Path, name: str
 ) -> None:
+    """Also: the predicted S(k) is positive definite at Γ and at the stored test k-point of
+    every snapshot (the eigenvalue part of `evaluate` lists those where it is not). The h-BN
+    supercells' DFT S(k) has its smallest eigenvalue at only ~1e-4, so an S error of that size
+    can flip its sign; a retrained default that does (measured: bench/RESULTS.md, "Default
+    model candidate") makes `gears_h bands` and any generalized eigensolver fail on these
+    structures, and must not replace the committed one."""
     from training.data.snapshot import read_dataset
     from training.evaluate import evaluate_predictions
 
@@ -138,38 +144,11 @@ def test_accuracy_on_the_shipped_validation_split_is_as_recorded(
     result = evaluate_predictions(
         [(predictor.predict([s.hamiltonian.structure])[0], s) for s in labeled]
     )
+    failed = result["eigenvalues"]["failed"]
+    assert not failed, f"predicted S(k) not positive definite on {failed}"
     mae = result["H"]["mae_meV"]
     # the same bundle, data and code give the recorded figure up to float32 round-off
     assert mae == pytest.approx(RECORDED_MAE_MEV[name], rel=1e-3), mae
     s_mae = result["S"]["mae"]
     assert s_mae == pytest.approx(RECORDED_S_MAE[name], rel=1e-3), s_mae
     assert s_mae <= 1e-4
-
-
-@pytest.mark.parametrize("name", sorted(SETS))
-def test_predicted_overlap_is_positive_definite_on_every_validation_snapshot(
-    predictor: Predictor, shared_data: Path, name: str
-) -> None:
-    """S(k) at Γ and at each stored test k-point is positive definite, as DFT's is.
-
-    The h-BN supercells' DFT S(k) has its smallest eigenvalue at only ~1e-4, so an S error of
-    that size can flip its sign: a retrained default that does (measured: bench/RESULTS.md,
-    "Default model candidate") makes `gears_h bands` and any generalized eigensolver fail on
-    these structures, and must not replace the committed one.
-    """
-    from gears_h_core.assemble.sparse import bloch_matrix
-    from training.data.snapshot import read_dataset
-
-    for labeled in read_dataset(shared_data / SETS[name] / "valid"):
-        structure = labeled.hamiltonian.structure
-        result = predictor.predict([structure])[0]
-        assert result.S is not None
-        points = [np.zeros(3)]
-        if labeled.reference is not None and labeled.reference.k_test is not None:
-            points.append(np.asarray(labeled.reference.k_test))
-        for k in points:
-            s_k = bloch_matrix(result.S, result.basis, structure.numbers, k).toarray()
-            lowest = float(np.linalg.eigvalsh(s_k)[0])
-            assert lowest > 0, (
-                f"{labeled.name} k={k.tolist()}: smallest S(k) eigenvalue {lowest:.2e}"
-            )
